@@ -1,0 +1,295 @@
+"""The contracts: Case, Truth, Instance, PromptSet, CaseView, Technique, Scores.
+
+Data flows one way: a Case builds a model and its Truth; a Technique sees only a CaseView (model,
+prompts, metric; never the Truth) and returns Scores; only ``mibench.scoring`` reads the Truth.
+
+Heavy libraries (torch, pandas) are imported where they are used so that ``mibench list`` stays fast.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from mibench import names
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    import torch
+
+TIERS = ("planted", "trap", "literature")
+
+
+class MibenchError(Exception):
+    """An error caused by user input (a name, a file, an argument); its message says what to fix."""
+
+
+class ScoresError(MibenchError):
+    """A technique returned scores that break the Scores contract."""
+
+
+# --- truth ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Truth:
+    """Ground-truth labels of a known circuit, at every granularity the case defines.
+
+    ``nodes`` maps each circuit node to its role; ``edges`` maps each circuit edge to its kind
+    (``q``, ``k``, ``v`` or ``direct``); ``direct`` maps nodes with a direct effect on the logits to
+    the sign of that effect; ``neurons`` and ``sites`` are optional finer labels; ``targets`` (traps
+    only) names the technique family a trap is built to fool and why.
+    """
+
+    nodes: dict[str, str]
+    edges: dict[str, str] = field(default_factory=dict)
+    direct: dict[str, int] = field(default_factory=dict)
+    neurons: dict[str, str] = field(default_factory=dict)
+    sites: dict[str, frozenset[str]] = field(default_factory=dict)
+    answer_layer: int | None = None
+    targets: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.nodes:
+            names.parse_node(name)
+        for name in self.edges:
+            names.parse_edge(name)
+        for name in self.neurons:
+            names.parse_node(name)
+        for site_set in self.sites.values():
+            for name in site_set:
+                names.parse_site(name)
+
+    def granularities(self) -> list[str]:
+        out = ["node"]
+        if self.edges:
+            out.append("edge")
+        if self.neurons:
+            out.append("neuron")
+        if self.sites:
+            out.append("site")
+        if self.direct:
+            out.append("layer")
+        return out
+
+    def labels(self, granularity: str) -> dict[str, str]:
+        """The truth set at a granularity, each member with its role (or kind)."""
+        if granularity == "node":
+            return dict(self.nodes)
+        if granularity == "edge":
+            return dict(self.edges)
+        if granularity == "neuron":
+            return dict(self.neurons)
+        if granularity == "site":
+            return {s: variable for variable, site_set in self.sites.items() for s in sorted(site_set)}
+        if granularity == "layer":
+            return {names.layer_name(names.node_layer(n)): "direct_effect" for n in self.direct}
+        raise ValueError(f"unknown granularity {granularity!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "nodes": dict(sorted(self.nodes.items())),
+            "edges": dict(sorted(self.edges.items())),
+            "direct": dict(sorted(self.direct.items())),
+            "neurons": dict(sorted(self.neurons.items())),
+            "sites": {k: sorted(v) for k, v in sorted(self.sites.items())},
+            "answer_layer": self.answer_layer,
+            "targets": dict(sorted(self.targets.items())),
+        }
+
+    def digest(self) -> str:
+        """A short hash of the truth, stored with every result so a changed circuit is noticed."""
+        blob = json.dumps(self.to_json(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --- prompts ----------------------------------------------------------------------------------
+
+@dataclass
+class PromptSet:
+    """Clean and corrupted prompts with their answers, position labels and declared variables.
+
+    All prompts in a set have the same length; ``positions[label][i]`` is the index of ``label``
+    in prompt ``i``. The metric reads the final position unless the case says otherwise.
+    """
+
+    clean: "torch.Tensor"  # LongTensor [n, seq]
+    corrupted: "torch.Tensor"  # LongTensor [n, seq]
+    answer: "torch.Tensor"  # LongTensor [n]
+    wrong: "torch.Tensor"  # LongTensor [n]
+    positions: dict[str, "torch.Tensor"] = field(default_factory=dict)
+    variables: dict[str, "torch.Tensor"] = field(default_factory=dict)
+    split: str = "test"
+
+    def __post_init__(self) -> None:
+        n = self.clean.shape[0]
+        if self.corrupted.shape != self.clean.shape:
+            raise ValueError(f"corrupted prompts {tuple(self.corrupted.shape)} differ in shape "
+                             f"from clean prompts {tuple(self.clean.shape)}")
+        for key, value in [("answer", self.answer), ("wrong", self.wrong), *self.positions.items(),
+                           *self.variables.items()]:
+            if value.shape[0] != n:
+                raise ValueError(f"{key} has {value.shape[0]} entries for {n} prompts")
+
+    def __len__(self) -> int:
+        return int(self.clean.shape[0])
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.positions)
+
+
+# --- cases ------------------------------------------------------------------------------------
+
+@dataclass
+class Instance:
+    """One seed of a case: the planted model and its ground truth."""
+
+    model: Any  # transformer_lens TransformerBridge
+    truth: Truth
+    seed: int
+
+
+class Case(ABC):
+    """A known circuit. Subclasses set the metadata and implement build, prompts and metric."""
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    tier: ClassVar[str] = "planted"
+    granularities: ClassVar[tuple[str, ...]] = ("node",)
+    citation: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: Roles exempt from the single-node necessity check, each with the reason (for example a
+    #: backup head that is silent until the main head is ablated). Their own check replaces it.
+    necessity_exempt: ClassVar[dict[str, str]] = {}
+    n_prompts: ClassVar[int] = 64
+
+    @abstractmethod
+    def build(self, seed: int) -> Instance:
+        """The planted model and its truth for one seed (deterministic)."""
+
+    @abstractmethod
+    def prompts(self, n: int, seed: int, split: str = "test") -> PromptSet:
+        """``n`` clean/corrupted prompt pairs; ``split`` is ``train`` or ``test`` (disjoint streams)."""
+
+    def metric(self, logits: "torch.Tensor", prompts: PromptSet) -> "torch.Tensor":
+        """Per-prompt metric ``[n]``; the task metric is its mean. Default: logit difference
+        answer − wrong at the final position."""
+        import torch
+
+        final = logits[:, -1, :]
+        idx = torch.arange(final.shape[0])
+        return final[idx, prompts.answer] - final[idx, prompts.wrong]
+
+    def accuracy(self, logits: "torch.Tensor", prompts: PromptSet) -> float:
+        """Task accuracy: share of prompts whose answer logit beats the wrong logit at the end."""
+        import torch
+
+        final = logits[:, -1, :]
+        idx = torch.arange(final.shape[0])
+        return float((final[idx, prompts.answer] > final[idx, prompts.wrong]).float().mean())
+
+    def extra_checks(self, instance: Instance, prompts: PromptSet, probe: Any) -> list[Any]:
+        """Role-specific certificate checks (``mibench.certificate.Check``); none by default."""
+        return []
+
+    def position_labels(self) -> list[str]:
+        return list(self.prompts(2, 0, "train").positions)
+
+
+# --- what a technique sees --------------------------------------------------------------------
+
+class CaseView:
+    """Everything a technique may use: model, prompts, metric, position labels. Never the truth.
+
+    ``prompts`` is the test split (the one scored); ``train_prompts`` is a disjoint split for
+    techniques that fit something (probes, tuned lens). ``metric(logits, prompts)`` returns the
+    scalar task metric (mean over prompts, differentiable); ``metric_per_prompt`` the ``[n]`` values.
+    """
+
+    def __init__(self, case: Case, model: Any, prompts: PromptSet, train_prompts: PromptSet,
+                 granularity: str, seed: int) -> None:
+        self._case = case  # the case object carries no truth; only build() returns one
+        self.model = model
+        self.prompts = prompts
+        self.train_prompts = train_prompts
+        self.granularity = granularity
+        self.seed = seed
+        self.case_name = case.name
+        self.tokenizer = getattr(model, "tokenizer", None)
+        self.shape = names.Shape.of(model)
+
+    @property
+    def position_labels(self) -> list[str]:
+        return self.prompts.labels
+
+    def metric(self, logits: "torch.Tensor", prompts: PromptSet | None = None) -> "torch.Tensor":
+        return self._case.metric(logits, prompts if prompts is not None else self.prompts).mean()
+
+    def metric_per_prompt(self, logits: "torch.Tensor", prompts: PromptSet | None = None) -> "torch.Tensor":
+        return self._case.metric(logits, prompts if prompts is not None else self.prompts)
+
+    def components(self, granularity: str | None = None) -> list[str]:
+        return names.components(self.shape, granularity or self.granularity, self.position_labels)
+
+
+# --- techniques and their output --------------------------------------------------------------
+
+class Technique(ABC):
+    """One localisation technique. Higher scores mean more important.
+
+    ``signed = True`` means scores are signed effects; scoring then ranks by magnitude.
+    ``cost`` is a short human description of the passes it needs (shown by ``mibench list``).
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    granularity: ClassVar[str] = "node"
+    signed: ClassVar[bool] = False
+    cost: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
+
+    @abstractmethod
+    def attribute(self, view: CaseView) -> "pd.Series":
+        """Score every component of ``view.components()``."""
+
+
+def make_scores(values: dict[str, float] | Any, index: list[str] | None = None) -> "pd.Series":
+    """Build a Scores series from a mapping (or from values aligned with ``index``)."""
+    import pandas as pd
+
+    if index is not None:
+        return pd.Series([float(v) for v in values], index=list(index), dtype="float64")
+    return pd.Series({k: float(v) for k, v in dict(values).items()}, dtype="float64")
+
+
+def validate_scores(scores: Any, expected: list[str], technique: str) -> "pd.Series":
+    """Return ``scores`` reindexed to ``expected`` or raise ScoresError naming the first problems."""
+    import numpy as np
+    import pandas as pd
+
+    if not isinstance(scores, pd.Series):
+        raise ScoresError(f"technique {technique!r} returned {type(scores).__name__}, expected a "
+                          f"pandas Series indexed by component names")
+    if scores.index.has_duplicates:
+        dup = list(scores.index[scores.index.duplicated()][:3])
+        raise ScoresError(f"technique {technique!r} scored some components twice: {dup}")
+    unknown = [c for c in scores.index if c not in set(expected)]
+    if unknown:
+        raise ScoresError(f"technique {technique!r} returned unknown component names {unknown[:3]}"
+                          f" ({len(unknown)} in all); expected names like {expected[:3]}")
+    missing = [c for c in expected if c not in scores.index]
+    if missing:
+        raise ScoresError(f"technique {technique!r} left {len(missing)} components unscored, "
+                          f"first {missing[:3]}; every component of the granularity needs a score")
+    try:
+        values = scores.reindex(expected).astype("float64")
+    except (TypeError, ValueError) as exc:
+        raise ScoresError(f"technique {technique!r} returned non-numeric scores: {exc}") from exc
+    bad = values[~np.isfinite(values.to_numpy())]
+    if len(bad):
+        raise ScoresError(f"technique {technique!r} returned non-finite scores for "
+                          f"{list(bad.index[:3])} ({len(bad)} in all); every score must be finite")
+    return values
