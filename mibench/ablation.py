@@ -81,6 +81,13 @@ def run_with_values(model, tokens: torch.Tensor, values: dict[str, torch.Tensor]
         return model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
 
 
+def single_node_metrics(model, tokens: torch.Tensor, values: dict[str, torch.Tensor],
+                        metric: Callable[[torch.Tensor], torch.Tensor], nodes: Iterable[str]) -> dict[str, float]:
+    """The scalar metric after replacing one node at a time by ``values[node]``: the inner loop of
+    activation patching, single-node ablations and certificates."""
+    return {n: float(metric(run_with_values(model, tokens, {n: values[n]})).mean()) for n in nodes}
+
+
 def derangement(n: int, seed: int) -> torch.Tensor:
     """A seeded permutation with no fixed point: prompt i borrows from prompt perm[i] != i."""
     if n < 2:
@@ -129,9 +136,8 @@ class Ablator:
         self.ablated = node_values(model, prompts, self.all_nodes, how, seed, self.clean_cache)
         self.empty = self.metric_without(self.all_nodes)
 
-    def metric_with(self, values: dict[str, torch.Tensor], tokens: torch.Tensor | None = None) -> float:
-        tokens = self.prompts.clean if tokens is None else tokens
-        return float(self.metric(run_with_values(self.model, tokens, values)).mean())
+    def metric_with(self, values: dict[str, torch.Tensor]) -> float:
+        return float(self.metric(run_with_values(self.model, self.prompts.clean, values)).mean())
 
     def metric_without(self, removed: Iterable[str]) -> float:
         """Metric with every node in ``removed`` ablated (the rest left as they are)."""
@@ -150,4 +156,5 @@ class Ablator:
     def single_node_metrics(self, nodes: Iterable[str], values: dict[str, torch.Tensor],
                             tokens: torch.Tensor | None = None) -> dict[str, float]:
         """Metric after replacing one node at a time by ``values[node]``."""
-        return {n: self.metric_with({n: values[n]}, tokens) for n in nodes}
+        tokens = self.prompts.clean if tokens is None else tokens
+        return single_node_metrics(self.model, tokens, values, self.metric, nodes)

@@ -210,7 +210,9 @@ class CaseView:
 
     def __init__(self, case: Case, model: Any, prompts: PromptSet, train_prompts: PromptSet,
                  granularity: str, seed: int) -> None:
-        self._case = case  # the case object carries no truth; only build() returns one
+        # Keep only the metric: the case object could build an instance and with it the truth.
+        case_metric = case.metric
+        self._metric = lambda logits, prompts: case_metric(logits, prompts)
         self.model = model
         self.prompts = prompts
         self.train_prompts = train_prompts
@@ -225,10 +227,10 @@ class CaseView:
         return self.prompts.labels
 
     def metric(self, logits: "torch.Tensor", prompts: PromptSet | None = None) -> "torch.Tensor":
-        return self._case.metric(logits, prompts if prompts is not None else self.prompts).mean()
+        return self._metric(logits, prompts if prompts is not None else self.prompts).mean()
 
     def metric_per_prompt(self, logits: "torch.Tensor", prompts: PromptSet | None = None) -> "torch.Tensor":
-        return self._case.metric(logits, prompts if prompts is not None else self.prompts)
+        return self._metric(logits, prompts if prompts is not None else self.prompts)
 
     def components(self, granularity: str | None = None) -> list[str]:
         return names.components(self.shape, granularity or self.granularity, self.position_labels)

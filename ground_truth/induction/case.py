@@ -62,16 +62,18 @@ class Induction(Case):
 
     def prompts(self, n: int, seed: int, split: str = "test") -> PromptSet:
         """BOS, HALF distinct random tokens, then the first HALF-1 of them again. The answer is the
-        last token of the first half (what induction predicts at the end); corrupted prompts
-        replace the repeat by fresh tokens, so nothing repeats."""
+        last token of the first half (what induction predicts at the end). Corrupted prompts keep
+        the second half and replace the first half by fresh tokens, so nothing repeats: the
+        queries are unchanged and only what earlier positions offer as keys differs, which is
+        what both the previous-token and the induction head carry."""
         rng = np.random.default_rng([seed, 1, {"train": 0, "test": 1}[split]])
         clean, corrupted, wrong = [], [], []
         for _ in range(n):
             toks = rng.permutation(np.arange(1, VOCAB))
             first, fresh = toks[:HALF], toks[HALF: 2 * HALF - 1]
             clean.append([BOS, *first, *first[:-1]])
-            corrupted.append([BOS, *first, *fresh])
-            wrong.append(toks[2 * HALF - 1])  # a token absent from the prompt
+            corrupted.append([BOS, *fresh, toks[2 * HALF - 1], *first[:-1]])
+            wrong.append(toks[2 * HALF])  # a token absent from both prompts
         clean_t = torch.tensor(clean)
         answer = clean_t[:, HALF]
         positions = {"BOS": 0, "SRC": HALF - 1, "SRC+1": HALF, "END": 2 * HALF - 1}

@@ -1,0 +1,87 @@
+"""Verifies a case's ground truth by intervention, through the same Ablator the scorer uses.
+
+Every figure is a measurement of the model on the test prompts; the truth only says which nodes to
+ablate. On the normalized scale of :class:`~mibench.ablation.Ablator` (1 = clean behaviour,
+0 = every node resample-ablated):
+
+* accuracy      — the case's task accuracy on clean prompts;
+* necessity     — ablating one truth node leaves at most ``necessity`` of the behaviour;
+* sufficiency   — ablating every non-truth node keeps at least ``sufficiency`` of it;
+* strictness    — no single non-truth node moves it by more than ``strictness``;
+* plus the case's role-specific checks (backup compensation, trap mechanisms, …).
+
+A case whose certificate fails is never scored.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: The one place certificate thresholds live; printed with every certificate.
+THRESHOLDS = {"accuracy": 0.9, "necessity": 0.5, "sufficiency": 0.9, "strictness": 0.05}
+
+
+@dataclass
+class Check:
+    name: str
+    value: float
+    threshold: float
+    op: str  # ">=" or "<="
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        if self.value is None or not math.isfinite(self.value):
+            return False
+        return self.value >= self.threshold if self.op == ">=" else self.value <= self.threshold
+
+
+@dataclass
+class Certificate:
+    case: str
+    seed: int
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"case": self.case, "seed": self.seed, "passed": self.passed,
+                "checks": [{**asdict(c), "passed": c.passed} for c in self.checks]}
+
+    def reason(self) -> str:
+        return "; ".join(f"{c.name} = {c.value:.3f} (needs {c.op} {c.threshold})" for c in self.failed())
+
+    def rows(self) -> list[list[Any]]:
+        return [[c.name, f"{c.value:.3f}", f"{c.op} {c.threshold:g}", "pass" if c.passed else "FAIL",
+                 c.detail] for c in self.checks]
+
+
+def certify(case, instance, prompts, ablator) -> Certificate:
+    """Measure the certificate of one (case, seed) on ``prompts`` with ``ablator`` (built on them)."""
+    truth = instance.truth
+    cert = Certificate(case.name, instance.seed)
+    cert.checks.append(Check("accuracy", case.accuracy(ablator.clean_logits, prompts),
+                             THRESHOLDS["accuracy"], ">=", "task accuracy on clean prompts"))
+    for node, role in sorted(truth.nodes.items()):
+        if role in case.necessity_exempt:
+            continue
+        remaining = ablator.normalized(ablator.metric_without([node]))
+        cert.checks.append(Check(f"necessity {node}", remaining, THRESHOLDS["necessity"], "<=",
+                                 f"{role}: behaviour left after resample-ablating it"))
+    kept = ablator.normalized(ablator.metric_keeping(truth.nodes))
+    cert.checks.append(Check("sufficiency", kept, THRESHOLDS["sufficiency"], ">=",
+                             "behaviour left with only the truth nodes intact"))
+    others = [n for n in ablator.all_nodes if n not in truth.nodes]
+    if others:
+        moves = {n: abs(1.0 - ablator.normalized(ablator.metric_without([n]))) for n in others}
+        worst = max(moves, key=moves.get)
+        cert.checks.append(Check("strictness", moves[worst], THRESHOLDS["strictness"], "<=",
+                                 f"largest move by one non-truth node ({worst})"))
+    cert.checks.extend(case.extra_checks(instance, prompts, ablator))
+    return cert

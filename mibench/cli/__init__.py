@@ -1,0 +1,1 @@
+"""The ``mibench`` command line: one module per subcommand."""

@@ -1,0 +1,53 @@
+"""Argument parsing shared by subcommands: seed ranges and comma-separated name lists."""
+from __future__ import annotations
+
+from mibench.api import MibenchError
+from mibench.registry import case_entries, technique_entries, unknown_name_error
+
+DEFAULT_RESULTS = "leaderboard/results"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0-4``, ``0,2,7`` or ``3`` (ranges inclusive)."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                lo_i, hi_i = int(lo), int(hi)
+                if lo_i > hi_i or lo_i < 0:
+                    raise ValueError
+                seeds += list(range(lo_i, hi_i + 1))
+            else:
+                value = int(part)
+                if value < 0:
+                    raise ValueError
+                seeds.append(value)
+    except ValueError:
+        raise MibenchError(f"bad seed range {text!r}; use e.g. 0-4, 0,2,7 or 3 "
+                           f"(non-negative, low-high with low <= high)") from None
+    return sorted(set(seeds))
+
+
+def case_names(text: str | None) -> list[str]:
+    available = list(case_entries())
+    if text in (None, "all"):
+        return sorted(available)
+    chosen = [n.strip() for n in text.split(",") if n.strip()]
+    for name in chosen:
+        if name not in available:
+            raise unknown_name_error("case", name, available)
+    return chosen
+
+
+def technique_names(text: str) -> list[str]:
+    """Registered names, ``all``, or paths to adapter files (checked when loaded)."""
+    available = list(technique_entries())
+    if text == "all":
+        return sorted(available)
+    chosen = [n.strip() for n in text.split(",") if n.strip()]
+    for name in chosen:
+        if not (name.endswith(".py") or "/" in name) and name not in available:
+            raise unknown_name_error("technique", name, available)
+    return chosen

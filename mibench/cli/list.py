@@ -1,0 +1,26 @@
+"""``mibench list cases|techniques``: what is registered (read from source, no heavy imports)."""
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from mibench.registry import case_entries, technique_entries
+
+HELP = "list the known cases or the registered techniques"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("what", choices=["cases", "techniques"], help="what to list")
+
+
+def main(args) -> int:
+    if args.what == "cases":
+        rows = [[e.name, e.meta.get("tier", ""), ", ".join(e.meta.get("granularities", ("node",))),
+                 e.meta.get("description", ""), e.meta.get("citation", "")]
+                for e in case_entries().values()]
+        print(tabulate(rows, headers=["case", "tier", "granularities", "circuit", "models"]))
+    else:
+        rows = [[e.name, e.meta.get("granularity", "?"), e.meta.get("cost", ""),
+                 e.meta.get("description", ""), e.source if not e.source.endswith(".py") else ""]
+                for e in technique_entries().values()]
+        print(tabulate(rows, headers=["technique", "granularity", "cost", "what it does", "entry point"]))
+    return 0

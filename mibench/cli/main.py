@@ -1,0 +1,43 @@
+"""Entry point: ``mibench <subcommand>``. User errors print one line and exit 2, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mibench import __version__
+from mibench.api import MibenchError
+from mibench.cli import check_technique, leaderboard, list as list_cmd, run, verify
+
+SUBCOMMANDS = {"run": run, "list": list_cmd, "leaderboard": leaderboard, "verify": verify,
+               "check-technique": check_technique}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
+        self.exit(2, f"mibench: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mibench", description="Score interpretability techniques against "
+                     "circuits whose ground truth is known.")
+    parser.add_argument("--version", action="version", version=f"mibench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, module in SUBCOMMANDS.items():
+        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return SUBCOMMANDS[args.command].main(args)
+    except MibenchError as exc:
+        print(f"mibench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mibench: interrupted; results already written are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Leaderboard tables and the HTML report: pure functions of the result files."""

@@ -1,0 +1,127 @@
+"""One typed, versioned record per (technique, case, seed) run, written atomically.
+
+Layout: ``{results}/{technique}/{case}/seed{seed}.json``. Each file carries the provenance needed
+to trust it (versions, truth hash, prompt counts, runtime, passes) and the technique's full scores,
+so the report is a pure function of these files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mibench import __version__
+from mibench.api import MibenchError
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "error", "skipped", "uncertified")
+JSON_KEYS = ("technique", "case", "seed", "granularity", "status", "auroc", "ap", "precision_at_k",
+             "recall_at_k", "f1_at_k", "faithfulness", "runtime_s", "error")
+
+
+@dataclass
+class RunRecord:
+    technique: str
+    case: str
+    seed: int
+    granularity: str
+    status: str
+    technique_version: str = ""
+    case_version: str = ""
+    case_tier: str = ""
+    truth_hash: str = ""
+    n_prompts: int = 0
+    n_train_prompts: int = 0
+    runtime_s: float = 0.0
+    forward_passes: float = 0.0
+    backward_passes: float = 0.0
+    error: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+    certificate: dict[str, Any] | None = None
+    mibench_version: str = __version__
+    schema_version: int = SCHEMA_VERSION
+
+    def summary(self) -> dict[str, Any]:
+        """The flat view printed by ``mibench run --json``."""
+        out = {key: getattr(self, key, None) for key in ("technique", "case", "seed", "granularity",
+                                                         "status", "runtime_s", "error")}
+        for key in ("auroc", "ap", "precision_at_k", "recall_at_k", "f1_at_k", "faithfulness"):
+            out[key] = self.metrics.get(key)
+        out["forward_passes"] = self.forward_passes
+        out["backward_passes"] = self.backward_passes
+        return {key: out[key] for key in (*JSON_KEYS, "forward_passes", "backward_passes")}
+
+    def to_json(self) -> dict[str, Any]:
+        return _clean(asdict(self))
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN: store non-finite floats as null so every file parses everywhere."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def result_path(root: str | Path, technique: str, case: str, seed: int) -> Path:
+    return Path(root) / technique / case / f"seed{seed}.json"
+
+
+def write_record(root: str | Path, record: RunRecord) -> Path:
+    """Write atomically: a temporary file in the same folder, then rename over the target, so a
+    crash never leaves a half-written result and never destroys the previous one."""
+    path = result_path(root, record.technique, record.case, record.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(record.to_json(), indent=1, sort_keys=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+@dataclass
+class Excluded:
+    path: str
+    reason: str
+
+
+def load_records(root: str | Path) -> tuple[list[RunRecord], list[Excluded]]:
+    """Every readable record under ``root`` plus the files excluded and why (never silently)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MibenchError(f"results folder {str(root)!r} does not exist; run `mibench run` first "
+                           f"or pass --results DIR")
+    records, excluded = [], []
+    known = set(RunRecord.__dataclass_fields__)
+    for path in sorted(root.glob("*/*/seed*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            excluded.append(Excluded(str(path), f"unreadable JSON: {exc}"))
+            continue
+        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+            version = data.get("schema_version") if isinstance(data, dict) else None
+            excluded.append(Excluded(str(path), f"schema_version {version!r}, expected {SCHEMA_VERSION}"))
+            continue
+        unknown = set(data) - known
+        if unknown:
+            excluded.append(Excluded(str(path), f"unknown fields {sorted(unknown)}"))
+            continue
+        try:
+            records.append(RunRecord(**data))
+        except TypeError as exc:
+            excluded.append(Excluded(str(path), f"missing fields: {exc}"))
+    return records, excluded

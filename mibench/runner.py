@@ -1,0 +1,125 @@
+"""The (technique × case × seed) grid: build, certify, attribute, score, record.
+
+Each (case, seed) is built and certified once; every technique then gets its own copy of the model
+and a CaseView (never the truth). A technique that raises or returns bad scores becomes an ``error``
+record and the grid goes on; a case whose certificate fails is recorded as ``uncertified`` and not
+scored; a technique whose granularity the case has no truth for is ``skipped`` with the reason.
+"""
+from __future__ import annotations
+
+import copy
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from mibench.ablation import Ablator
+from mibench.api import Case, CaseView, Instance, MibenchError, PromptSet, Technique, validate_scores
+from mibench.certificate import Certificate, certify
+from mibench.passes import PassCounter
+from mibench.results import RunRecord, write_record
+from mibench.scoring import score_run
+
+N_TRAIN_PROMPTS = 64
+
+
+@dataclass
+class Prepared:
+    """One certified (case, seed): the instance, its prompts, the scorer's ablator, the certificate."""
+
+    case: Case
+    instance: Instance
+    prompts: PromptSet
+    train_prompts: PromptSet
+    ablator: Ablator
+    certificate: Certificate
+
+
+def prepare(case: Case, seed: int) -> Prepared:
+    instance = case.build(seed)
+    prompts = case.prompts(case.n_prompts, seed, "test")
+    train = case.prompts(N_TRAIN_PROMPTS, seed, "train")
+    ablator = Ablator(instance.model, prompts, lambda logits: case.metric(logits, prompts), seed=seed)
+    return Prepared(case, instance, prompts, train, ablator, certify(case, instance, prompts, ablator))
+
+
+def _weights_fingerprint(model) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def run_one(technique: Technique, prep: Prepared) -> RunRecord:
+    case, instance = prep.case, prep.instance
+    record = RunRecord(
+        technique=technique.name, case=case.name, seed=instance.seed,
+        granularity=technique.granularity, status="ok",
+        technique_version=str(technique.version), case_version=str(case.version), case_tier=case.tier,
+        truth_hash=instance.truth.digest(), n_prompts=len(prep.prompts),
+        n_train_prompts=len(prep.train_prompts), certificate=prep.certificate.to_json())
+    if technique.granularity not in case.granularities or \
+            technique.granularity not in instance.truth.granularities():
+        record.status = "skipped"
+        record.error = (f"case {case.name!r} has no ground truth at {technique.granularity!r} "
+                        f"granularity (it has {', '.join(case.granularities)})")
+        return record
+    if not prep.certificate.passed:
+        record.status = "uncertified"
+        record.error = f"certificate failed, not scored: {prep.certificate.reason()}"
+        return record
+
+    model = copy.deepcopy(instance.model)
+    before = _weights_fingerprint(model)
+    view = CaseView(case, model, prep.prompts, prep.train_prompts, technique.granularity, instance.seed)
+    torch.manual_seed(instance.seed)
+    start = time.perf_counter()
+    try:
+        with PassCounter(model, len(prep.prompts)) as passes:
+            raw = technique.attribute(view)
+        record.runtime_s = round(time.perf_counter() - start, 4)
+        record.forward_passes = round(passes.forward_passes, 3)
+        record.backward_passes = round(passes.backward_passes, 3)
+        scores = validate_scores(raw, view.components(), technique.name)
+        if any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters())):
+            raise MibenchError(f"technique {technique.name!r} changed the model's weights; "
+                               f"adapters must leave the model as they found it")
+    except Exception as exc:  # recorded as data so the rest of the grid finishes
+        record.runtime_s = round(time.perf_counter() - start, 4)
+        record.status = "error"
+        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        loc = f" (at {Path(where.filename).name}:{where.lineno})" if where and not isinstance(exc, MibenchError) else ""
+        record.error = f"{type(exc).__name__}: {exc}{loc}"
+        return record
+
+    record.scores = {k: float(v) for k, v in scores.items()}
+    ablator = prep.ablator if technique.granularity == "node" else None
+    record.metrics = score_run(scores, instance.truth, technique.granularity, technique.signed, ablator)
+    return record
+
+
+def run_grid(techniques: list[Technique], cases: list[Case], seeds: Iterable[int],
+             results_dir: str | Path | None, progress: bool = True,
+             on_record: Callable[[RunRecord], None] | None = None) -> list[RunRecord]:
+    """Run every combination, writing each record as soon as it exists (so an interrupted grid
+    keeps what it finished)."""
+    from tqdm import tqdm
+
+    seeds = list(seeds)
+    records: list[RunRecord] = []
+    total = len(techniques) * len(cases) * len(seeds)
+    with tqdm(total=total, disable=not progress, unit="run", dynamic_ncols=True) as bar:
+        for case in cases:
+            for seed in seeds:
+                bar.set_description(f"{case.name} seed {seed}: certifying")
+                prep = prepare(case, seed)
+                for technique in techniques:
+                    bar.set_description(f"{case.name} seed {seed}: {technique.name}")
+                    record = run_one(technique, prep)
+                    if results_dir is not None:
+                        write_record(results_dir, record)
+                    records.append(record)
+                    if on_record:
+                        on_record(record)
+                    bar.update(1)
+    return records

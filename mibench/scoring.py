@@ -1,0 +1,355 @@
+"""Scoring: compare a technique's Scores with a case's Truth. The only module that reads Truth.
+
+Pure, deterministic functions over numpy arrays and pandas Series (auto-circuit style). Higher
+scores mean "more important"; ``labels`` are 1 for truth-set members and 0 otherwise.
+
+Ties are handled without an arbitrary tie-break wherever a metric allows it:
+
+* :func:`auroc` gives tied scores their averaged rank (an all-equal score vector gives 0.5);
+* :func:`average_precision` treats tied scores as one threshold (as sklearn does);
+* top-k metrics (:func:`precision_recall_f1_at_k`, :func:`recall_by_role`) count ties at the k-th
+  boundary **in expectation over random tie-breaking**: items strictly above the k-th score are in
+  the top k, and the items tied at the k-th score share the remaining slots equally (each is in the
+  top k with probability ``remaining slots / number tied``). An all-equal score vector therefore
+  gives precision@k equal to the base rate.
+
+:func:`faithfulness` is the one exception: it must choose concrete nodes to keep, so it breaks ties
+by the order of the Scores series (stable sort on descending score).
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from mibench import names
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mibench.ablation import Ablator
+    from mibench.api import Truth
+
+#: Fractions of the truth-set size kept by :func:`faithfulness` (MIB's CPR idea: 10–100 % of the
+#: circuit size, then twice the size).
+FAITHFULNESS_FRACTIONS = (0.1, 0.2, 0.3, 0.5, 1.0, 2.0)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def _as_arrays(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype="float64").ravel()
+    y = np.asarray(labels).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"scores ({s.size}) and labels ({y.size}) differ in length")
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN; every component needs a finite score")
+    y = y.astype("float64")
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("labels must be 0 or 1")
+    return s, y
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ascending ranks, tied values getting the mean of the ranks they span."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    # start index of each run of equal values
+    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
+    ends = np.r_[starts[1:], xs.size]  # exclusive
+    avg = (starts + ends + 1) / 2.0  # mean of ranks starts+1 … ends
+    run_of = np.repeat(np.arange(starts.size), ends - starts)
+    ranks = np.empty(x.size, dtype="float64")
+    ranks[order] = avg[run_of]
+    return ranks
+
+
+def _min_ranks_desc(x: np.ndarray) -> np.ndarray:
+    """1-based rank by descending score; tied items all get the best (smallest) rank of their tie
+    ("1224" competition ranking): 1 + the number of items scored strictly higher."""
+    asc = np.sort(x)
+    n_greater = x.size - np.searchsorted(asc, x, side="right")
+    return (n_greater + 1).astype(int)
+
+
+def _topk_weights(x: np.ndarray, k: int) -> np.ndarray:
+    """Probability that each item is in the top ``k`` under uniformly random tie-breaking.
+
+    Items scored strictly above the k-th largest score get 1, items below it 0, and the items tied
+    at it share the remaining slots: ``(k − n_above) / n_tied`` each.
+    """
+    n = x.size
+    if k <= 0 or n == 0:
+        return np.zeros(n)
+    k = min(int(k), n)
+    kth = np.sort(x)[::-1][k - 1]
+    above = x > kth
+    tied = x == kth
+    slots = k - int(above.sum())
+    return above.astype("float64") + tied * (slots / int(tied.sum()))
+
+
+def _check_k(k: int) -> int:
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def _series(scores: pd.Series) -> pd.Series:
+    if not isinstance(scores, pd.Series):
+        raise TypeError(f"scores must be a pandas Series indexed by component name, got "
+                        f"{type(scores).__name__}")
+    values = scores.astype("float64")
+    if values.isna().any():
+        bad = list(values.index[values.isna()][:3])
+        raise ValueError(f"scores contain NaN for {bad} ({int(values.isna().sum())} in all)")
+    if values.index.has_duplicates:
+        raise ValueError(f"scores index has duplicates: {list(values.index[values.index.duplicated()][:3])}")
+    return values
+
+
+def _check_members(scores: pd.Series, truth_labels: dict[str, str]) -> None:
+    missing = [name for name in truth_labels if name not in scores.index]
+    if missing:
+        raise ValueError(f"{len(missing)} truth components have no score, first {missing[:3]}; "
+                         f"scores must cover every component of the granularity")
+
+
+# --- ranking metrics --------------------------------------------------------------------------
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve via the Mann–Whitney U statistic, tied scores averaged.
+
+    AUROC = (Σ rank of positives − P(P+1)/2) / (P·N) with averaged ranks, i.e. the probability that
+    a random positive outscores a random negative, counting ties as one half. NaN if the labels
+    are all 0 or all 1.
+    """
+    s, y = _as_arrays(scores, labels)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = _average_ranks(s)
+    u = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Average precision, as sklearn's ``average_precision_score``: Σₙ (Rₙ − Rₙ₋₁)·Pₙ over the
+    distinct score thresholds in descending order (tied scores form one threshold). NaN if there
+    are no positives."""
+    s, y = _as_arrays(scores, labels)
+    n_pos = y.sum()
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    # last index of each run of equal scores = one threshold
+    last = np.flatnonzero(np.r_[s_sorted[1:] != s_sorted[:-1], True])
+    tps = np.cumsum(y_sorted)[last]
+    precision = tps / (last + 1)
+    recall = tps / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def precision_recall_f1_at_k(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[float, float, float]:
+    """Precision, recall and F1 of the top ``k`` (the suite uses k = number of positives).
+
+    Ties at the k-th score are resolved in expectation over random tie-breaking: items strictly
+    above it count fully, items tied at it share the remaining slots in proportion (so an
+    all-equal score vector gives precision = base rate). ``k`` larger than the number of items is
+    clipped to it. Recall is NaN without positives; F1 is 0 when precision and recall are both 0.
+    """
+    k = _check_k(k)
+    s, y = _as_arrays(scores, labels)
+    if s.size == 0:
+        raise ValueError("no scores")
+    k_eff = min(k, s.size)
+    tp = float(np.sum(_topk_weights(s, k_eff) * y))
+    p = tp / k_eff
+    n_pos = y.sum()
+    r = tp / n_pos if n_pos > 0 else float("nan")
+    if math.isnan(r):
+        f1 = float("nan")
+    else:
+        f1 = 0.0 if p + r == 0 else 2 * p * r / (p + r)
+    return float(p), float(r), float(f1)
+
+
+def rank_for_scoring(scores: pd.Series, signed: bool) -> pd.Series:
+    """The values scoring ranks by: ``|scores|`` for signed techniques (scoring ranks by
+    magnitude), the scores themselves otherwise. A float64 copy with the same index and order."""
+    values = _series(scores)
+    return values.abs() if signed else values.copy()
+
+
+def recall_by_role(scores: pd.Series, truth_labels: dict[str, str], k: int) -> dict[str, float]:
+    """Recall@k within each role: expected number of the role's members in the top ``k`` (ties at
+    the boundary shared as in :func:`precision_recall_f1_at_k`) over the role's size. Roles in
+    sorted order."""
+    k = _check_k(k)
+    values = _series(scores)
+    _check_members(values, truth_labels)
+    weights = pd.Series(_topk_weights(values.to_numpy(), k), index=values.index)
+    by_role: dict[str, list[str]] = {}
+    for name, role in truth_labels.items():
+        by_role.setdefault(role, []).append(name)
+    return {role: float(weights[members].sum() / len(members))
+            for role, members in sorted(by_role.items())}
+
+
+def failures(scores: pd.Series, truth_labels: dict[str, str], k: int,
+             n_false_positives: int = 5) -> dict[str, list[dict[str, Any]]]:
+    """What went wrong in the top ``k``, for humans to read.
+
+    ``rank`` is the 1-based rank by descending score with ties given the best rank of their tie
+    ("1224" ranking: 1 + the number of components scored strictly higher). ``score`` is the value
+    passed in (for signed techniques :func:`score_run` passes the magnitudes it ranks by).
+
+    With ties at the k-th score the top k is not one set, so both lists are conservative:
+
+    * ``missed`` — every truth member *not certainly* in the top k (scored below the k-th score,
+      or tied at it with more tied items than remaining slots), each ``{component, role, rank,
+      score}``, ordered by rank then series order;
+    * ``false_positives`` — non-members that *can* be in the top k (scored above or tied at the
+      k-th score), the best-ranked ``n_false_positives`` of them, each ``{component, rank, score}``.
+
+    An all-equal score vector therefore reports every truth member missed.
+    """
+    k = _check_k(k)
+    values = _series(scores)
+    _check_members(values, truth_labels)
+    x = values.to_numpy()
+    weights = _topk_weights(x, k)
+    ranks = _min_ranks_desc(x)
+    order = np.lexsort((np.arange(x.size), ranks))  # by rank, then series order
+    missed: list[dict[str, Any]] = []
+    false_pos: list[dict[str, Any]] = []
+    for i in order:
+        name = values.index[i]
+        if name in truth_labels:
+            if weights[i] < 1.0 - 1e-12:
+                missed.append({"component": str(name), "role": str(truth_labels[name]),
+                               "rank": int(ranks[i]), "score": float(x[i])})
+        elif weights[i] > 1e-12 and len(false_pos) < n_false_positives:
+            false_pos.append({"component": str(name), "rank": int(ranks[i]), "score": float(x[i])})
+    return {"missed": missed, "false_positives": false_pos}
+
+
+# --- faithfulness -----------------------------------------------------------------------------
+
+def _n_kept(fraction: float, k: int, n_total: int) -> int:
+    # round half up (not Python's round-half-even), with a guard against 0.3*10 = 3.0000000000000004
+    n = int(math.floor(fraction * k + 0.5 + 1e-9))
+    return max(1, min(n_total, n))
+
+
+def faithfulness(scores: pd.Series, ablator: "Ablator", k: int) -> dict[str, Any]:
+    """Share of the clean metric recovered when only the top-ranked nodes are kept (node
+    granularity only; MIB's CPR idea on the suite's node graph).
+
+    For each fraction f in :data:`FAITHFULNESS_FRACTIONS` keep the top ``round(f·k)`` nodes (half
+    rounds up; at least 1, at most all nodes; ties broken by series order after a stable sort on
+    descending score), resample-ablate every other node, and read ``ablator.normalized`` of the
+    metric: (m(C) − m(∅)) / (m(full) − m(∅)). Returns ``{"faithfulness": mean over fractions,
+    "curve": [{"fraction", "n_kept", "recovered"}, ...]}``; NaN recovered values (a case whose
+    full and empty metrics coincide) make the mean NaN.
+    """
+    k = _check_k(k)
+    values = _series(scores)
+    known = set(ablator.all_nodes)
+    unknown = [c for c in values.index if c not in known]
+    if unknown:
+        raise ValueError(f"faithfulness needs node scores; {unknown[:3]} are not nodes of the model")
+    ranked = list(values.sort_values(ascending=False, kind="mergesort").index)
+    cache: dict[int, float] = {}
+    curve = []
+    for f in FAITHFULNESS_FRACTIONS:
+        n = _n_kept(f, k, len(ranked))
+        if n not in cache:
+            cache[n] = float(ablator.normalized(ablator.metric_keeping(ranked[:n])))
+        curve.append({"fraction": float(f), "n_kept": int(n), "recovered": cache[n]})
+    mean = float(np.mean([c["recovered"] for c in curve]))
+    return {"faithfulness": mean, "curve": curve}
+
+
+# --- one run ----------------------------------------------------------------------------------
+
+def _nan_to_none(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
+def score_run(scores: pd.Series, truth: "Truth", granularity: str, signed: bool,
+              ablator: "Ablator | None" = None) -> dict[str, Any]:
+    """All metrics of one (technique, case, seed) at one granularity, as a flat JSON-ready dict.
+
+    The truth set is ``truth.labels(granularity)``; k is its size. Signed scores are ranked by
+    magnitude. Keys: ``auroc, ap, precision_at_k, recall_at_k, f1_at_k, k, n_components,
+    recall_by_role, failures, faithfulness, faithfulness_curve`` (the last two None unless
+    granularity is ``node`` and an ablator is given), plus ``answer_layer_error`` for ``layer``
+    granularity (|index of the top-scored layer − truth.answer_layer|, the lowest layer winning a
+    tie; None when the truth has no answer layer). Metrics that are undefined (for example AUROC
+    when every component is in the truth set) are None.
+    """
+    truth_labels = truth.labels(granularity)
+    if not truth_labels:
+        raise ValueError(f"the truth has no {granularity!r} components; cannot score this "
+                         f"granularity (truth granularities: {', '.join(truth.granularities())})")
+    ranked = rank_for_scoring(scores, signed)
+    _check_members(ranked, truth_labels)
+    k = len(truth_labels)
+    x = ranked.to_numpy()
+    y = np.array([1 if name in truth_labels else 0 for name in ranked.index])
+    p, r, f1 = precision_recall_f1_at_k(x, y, k)
+    out: dict[str, Any] = {
+        "auroc": _nan_to_none(auroc(x, y)),
+        "ap": _nan_to_none(average_precision(x, y)),
+        "precision_at_k": _nan_to_none(p),
+        "recall_at_k": _nan_to_none(r),
+        "f1_at_k": _nan_to_none(f1),
+        "k": int(k),
+        "n_components": int(x.size),
+        "recall_by_role": recall_by_role(ranked, truth_labels, k),
+        "failures": failures(ranked, truth_labels, k),
+        "faithfulness": None,
+        "faithfulness_curve": None,
+    }
+    if granularity == "node" and ablator is not None:
+        faith = faithfulness(ranked, ablator, k)
+        out["faithfulness"] = _nan_to_none(faith["faithfulness"])
+        out["faithfulness_curve"] = [{**c, "recovered": _nan_to_none(c["recovered"])}
+                                     for c in faith["curve"]]
+    if granularity == "layer":
+        if truth.answer_layer is None:
+            out["answer_layer_error"] = None
+        else:
+            layer_idx = np.array([names.parse_layer(n) for n in ranked.index])
+            best = int(layer_idx[x == x.max()].min())
+            out["answer_layer_error"] = int(abs(best - int(truth.answer_layer)))
+    return out
+
+
+# --- over seeds -------------------------------------------------------------------------------
+
+def aggregate(values: Iterable[float | None], seed: int = 0, n_boot: int = 2000) -> dict[str, Any]:
+    """Mean and 95 % percentile-bootstrap interval of per-seed values.
+
+    None and NaN entries are ignored and counted as ``n_missing``. Deterministic: resampling uses
+    ``numpy.random.default_rng(seed)``. With one value (or all values equal) ``low = high = mean``;
+    with none, ``mean``, ``low`` and ``high`` are None. Returns ``{mean, low, high, n, n_missing}``.
+    """
+    raw = list(values)
+    kept = [float(v) for v in raw if v is not None and not math.isnan(float(v))]
+    n_missing = len(raw) - len(kept)
+    n = len(kept)
+    if n == 0:
+        return {"mean": None, "low": None, "high": None, "n": 0, "n_missing": n_missing}
+    arr = np.asarray(kept, dtype="float64")
+    if np.all(arr == arr[0]):  # one value or all equal; exact (a float mean can be off by an ulp)
+        mean = float(arr[0])
+        return {"mean": mean, "low": mean, "high": mean, "n": n, "n_missing": n_missing}
+    mean = float(arr.mean())
+    rng = np.random.default_rng(seed)
+    boot = arr[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return {"mean": mean, "low": float(low), "high": float(high), "n": n, "n_missing": n_missing}
