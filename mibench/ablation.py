@@ -88,6 +88,19 @@ def single_node_metrics(model, tokens: torch.Tensor, values: dict[str, torch.Ten
     return {n: float(metric(run_with_values(model, tokens, {n: values[n]})).mean()) for n in nodes}
 
 
+def ablation_effects(model, prompts, nodes: Iterable[str], how: str,
+                     metric: Callable[[torch.Tensor], torch.Tensor], seed: int = 0) -> dict[str, float]:
+    """For each node, clean metric minus the metric with that node's output replaced (``how`` as
+    in :func:`node_values`): activation patching with ``corrupted``, single-node ablations with
+    ``zero`` / ``mean`` / ``resample``."""
+    nodes = list(nodes)
+    clean_logits, clean_cache = cache_nodes(model, prompts.clean, nodes)
+    clean = float(metric(clean_logits).mean())
+    values = node_values(model, prompts, nodes, how, seed, clean_cache)
+    patched = single_node_metrics(model, prompts.clean, values, metric, nodes)
+    return {n: clean - patched[n] for n in nodes}
+
+
 def derangement(n: int, seed: int) -> torch.Tensor:
     """A seeded permutation with no fixed point: prompt i borrows from prompt perm[i] != i."""
     if n < 2:

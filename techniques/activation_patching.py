@@ -10,7 +10,7 @@ Cost: 2 forward passes to cache, plus one per node.
 References: Vig et al. 2020 (causal mediation analysis); Meng et al. 2022; Wang et al. 2022;
 Zhang & Nanda 2024, "Towards Best Practices of Activation Patching".
 """
-from mibench.ablation import cache_nodes, node_values, single_node_metrics
+from mibench.ablation import ablation_effects
 from mibench.api import CaseView, Technique, make_scores
 
 
@@ -23,9 +23,5 @@ class ActivationPatching(Technique):
     description = "patch each node's output from the corrupted run into the clean run"
 
     def attribute(self, view: CaseView):
-        prompts, nodes = view.prompts, view.components("node")
-        clean_logits, _ = cache_nodes(view.model, prompts.clean, [])
-        clean_metric = float(view.metric(clean_logits))
-        corrupted = node_values(view.model, prompts, nodes, "corrupted")
-        patched = single_node_metrics(view.model, prompts.clean, corrupted, view.metric, nodes)
-        return make_scores({n: clean_metric - patched[n] for n in nodes})
+        effects = ablation_effects(view.model, view.prompts, view.components(), "corrupted", view.metric)
+        return make_scores(effects)

@@ -1,0 +1,22 @@
+"""Shared fixtures: cases are built once per session (building is deterministic per seed)."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@lru_cache(maxsize=None)
+def prepared(case_name: str, seed: int):
+    from mibench.registry import load_case
+    from mibench.runner import prepare
+
+    return prepare(load_case(case_name), seed)
+
+
+@pytest.fixture
+def fixture_technique():
+    return lambda name: str(FIXTURES / "techniques" / f"{name}.py")

@@ -1,0 +1,91 @@
+"""The command line: the issue's commands, one-line errors with exit code 2, error runs recorded."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mibench.cli.main import main
+
+
+def _cli(*args, cwd=None):
+    proc = subprocess.run([sys.executable, "-m", "mibench.cli.main", *args], capture_output=True,
+                          text=True, cwd=cwd)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_run_json_prints_one_ok_record_per_seed(tmp_path):
+    code, out, err = _cli("run", "--technique", "activation_patching", "--case", "induction",
+                          "--seeds", "0-4", "--json", "--results", str(tmp_path))
+    assert code == 0, err
+    runs = [json.loads(line) for line in out.splitlines()]
+    assert len(runs) == 5 and all(r["status"] == "ok" for r in runs)
+    for key in ("technique", "case", "seed", "granularity", "status", "auroc", "ap", "precision_at_k",
+                "recall_at_k", "f1_at_k", "faithfulness", "runtime_s", "error"):
+        assert key in runs[0]
+    assert all(r["auroc"] == 1.0 for r in runs)
+    assert len(list(tmp_path.glob("activation_patching/induction/seed*.json"))) == 5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--technique", "activation_pacthing"], "Unknown technique 'activation_pacthing'. Did you mean 'activation_patching'?"),
+    (["run", "--technique", "dla", "--case", "inducton"], "Unknown case 'inducton'. Did you mean 'induction'?"),
+    (["run", "--technique", "dla", "--seeds", "4-1"], "bad seed range '4-1'"),
+    (["run", "--technique", "dla", "--seeds", "x"], "bad seed range 'x'"),
+    (["verify", "--case", "nope"], "Unknown case 'nope'"),
+    (["leaderboard", "--results", "/nonexistent/results"], "results folder '/nonexistent/results' does not exist"),
+    (["run"], "the following arguments are required: --technique"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        raise SystemExit(main(args))
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_broken_adapter_file_is_a_one_line_error(fixture_technique, capsys):
+    assert main(["run", "--technique", fixture_technique("syntax_error"), "--case", "induction",
+                 "--seeds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot import" in err and "SyntaxError" in err and len(err.strip().splitlines()) == 1
+
+
+def test_failing_techniques_are_recorded_and_others_finish(tmp_path, fixture_technique):
+    techniques = ",".join([fixture_technique(n) for n in ("raises", "returns_nan", "unknown_names",
+                                                           "mutates_weights")] + ["dla"])
+    code, out, err = _cli("run", "--technique", techniques, "--case", "induction", "--seeds", "0",
+                          "--json", "--results", str(tmp_path))
+    assert code == 1  # some runs errored
+    runs = {r["technique"]: r for r in map(json.loads, out.splitlines())}
+    assert runs["dla"]["status"] == "ok"
+    assert "this adapter always fails" in runs["fixture_raises"]["error"]
+    assert "non-finite scores" in runs["fixture_nan"]["error"]
+    assert "unknown component names ['a9.h9']" in runs["fixture_unknown"]["error"]
+    assert "changed the model's weights" in runs["fixture_mutates"]["error"]
+    for name in ("fixture_raises", "fixture_nan", "fixture_unknown", "fixture_mutates", "dla"):
+        record = json.loads((tmp_path / name / "induction" / "seed0.json").read_text())
+        assert record["status"] == ("ok" if name == "dla" else "error")
+
+
+def test_list_and_leaderboard(tmp_path):
+    code, out, _ = _cli("list", "techniques")
+    assert code == 0 and all(t in out for t in ("random", "activation_patching", "dla"))
+    code, out, _ = _cli("list", "cases")
+    assert code == 0 and "induction" in out and "planted" in out
+    results = tmp_path / "results"
+    assert _cli("run", "--technique", "dla,random", "--case", "induction", "--seeds", "0-1",
+                "--results", str(results))[0] == 0
+    code, out, err = _cli("leaderboard", "--results", str(results), "--out", str(tmp_path))
+    assert code == 0, err
+    first = (tmp_path / "LEADERBOARD.md").read_text()
+    assert "| dla" in first and "induction" in first
+    _cli("leaderboard", "--results", str(results), "--out", str(tmp_path))
+    assert (tmp_path / "LEADERBOARD.md").read_text() == first  # byte-identical regeneration
+
+
+def test_verify_prints_certificates():
+    code, out, _ = _cli("verify", "--case", "induction", "--seeds", "0")
+    assert code == 0
+    assert "induction seed 0: PASS" in out and "necessity" in out and ">= 0.9" in out
