@@ -5,7 +5,9 @@ functions, so "ablate a head" means the same thing everywhere:
 
 * a head's output is its ``hook_z`` slice (the head's contribution is ``z @ W_O[h]``; the shared
   output bias ``b_O`` is not part of any head);
-* an MLP's output is ``hook_mlp_out``; a neuron's is its ``mlp.hook_post`` entry.
+* an MLP's output is ``hook_mlp_out``; a neuron's is its ``mlp.hook_post`` entry;
+* a residual site ``r{layer}@{label}`` is ``blocks.{layer}.hook_resid_pre`` (``ln_final.hook_in``
+  for the final residual) at each prompt's position of ``label``.
 
 Replacement values come from :func:`node_values`: ``clean`` / ``corrupted`` (the node's output on
 that run, for counterfactual patching), ``zero``, ``mean`` (over the prompt set, per position) or
@@ -28,9 +30,14 @@ ABLATIONS = ("zero", "mean", "resample", "clean", "corrupted")
 class HookSite:
     hook: str
     index: int | None  # head or neuron index inside the hook's activation; None for whole layer
+    label: str | None = None  # position label, for residual sites
 
 
 def hook_site(node: str) -> HookSite:
+    """Where a node's (or a residual site's) value lives among the model's hooks."""
+    if node.startswith("r") and "@" in node:
+        layer, label = names.parse_site(node)
+        return HookSite(f"blocks.{layer}.hook_resid_pre", None, label)
     parsed = names.parse_node(node)
     if parsed.kind == "head":
         return HookSite(f"blocks.{parsed.layer}.attn.hook_z", parsed.index)
@@ -41,38 +48,53 @@ def hook_site(node: str) -> HookSite:
     raise ValueError(f"{node} has no output to ablate")
 
 
-def _select(act: torch.Tensor, site: HookSite) -> torch.Tensor:
+def _resolve(site: HookSite, n_layers: int) -> HookSite:
+    if site.hook == f"blocks.{n_layers}.hook_resid_pre":  # the final residual stream
+        return HookSite("ln_final.hook_in", None, site.label)
+    return site
+
+
+def _rows(act: torch.Tensor, site: HookSite, positions: dict[str, torch.Tensor] | None):
+    """Index selecting the site's entries of a hook activation."""
+    if site.label is not None:
+        if positions is None or site.label not in positions:
+            raise ValueError(f"position label {site.label!r} is not declared by these prompts")
+        pos = positions[site.label]
+        return (torch.arange(act.shape[0]), pos) if pos.shape[0] == act.shape[0] else \
+            (torch.arange(act.shape[0]), pos.repeat(act.shape[0] // pos.shape[0]))
     # hook_z is [batch, pos, head, d_head]; hook_post is [batch, pos, d_mlp]
-    return act if site.index is None else act[:, :, site.index]
+    return (slice(None),) if site.index is None else (slice(None), slice(None), site.index)
 
 
-def cache_nodes(model, tokens: torch.Tensor, nodes: Iterable[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One forward pass; returns the logits and each node's output ``[n, seq, ...]``."""
+def cache_nodes(model, tokens: torch.Tensor, nodes: Iterable[str],
+                positions: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One forward pass; returns the logits and each node's output ``[n, seq, ...]`` (or each
+    residual site's value ``[n, d_model]``; sites need the prompts' ``positions``)."""
     nodes = list(nodes)
-    sites = {node: hook_site(node) for node in nodes}
+    n_layers = model.cfg.n_layers
+    sites = {node: _resolve(hook_site(node), n_layers) for node in nodes}
     wanted = {s.hook for s in sites.values()}
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in wanted)
-    return logits, {node: _select(cache[s.hook], s).clone() for node, s in sites.items()}
+    return logits, {node: cache[s.hook][_rows(cache[s.hook], s, positions)].clone()
+                    for node, s in sites.items()}
 
 
 def run_with_values(model, tokens: torch.Tensor, values: dict[str, torch.Tensor],
-                    grad: bool = False) -> torch.Tensor:
-    """Forward ``tokens`` with each node's output replaced by ``values[node]`` (broadcast over the
-    batch when its first dimension is 1). Returns the logits."""
+                    grad: bool = False, positions: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Forward ``tokens`` with each node's output (or residual site's value) replaced by
+    ``values[name]`` (broadcast over the batch when its first dimension is 1). Returns the logits."""
+    n_layers = model.cfg.n_layers
     by_hook: dict[str, list[tuple[HookSite, torch.Tensor]]] = {}
     for node, value in values.items():
-        site = hook_site(node)
+        site = _resolve(hook_site(node), n_layers)
         by_hook.setdefault(site.hook, []).append((site, value))
 
     def make_hook(entries):
         def hook(act, hook):  # noqa: ARG001 - TransformerLens hook signature
             act = act.clone()
             for site, value in entries:
-                if site.index is None:
-                    act[:] = value
-                else:
-                    act[:, :, site.index] = value
+                act[_rows(act, site, positions)] = value
             return act
         return hook
 
@@ -82,10 +104,12 @@ def run_with_values(model, tokens: torch.Tensor, values: dict[str, torch.Tensor]
 
 
 def single_node_metrics(model, tokens: torch.Tensor, values: dict[str, torch.Tensor],
-                        metric: Callable[[torch.Tensor], torch.Tensor], nodes: Iterable[str]) -> dict[str, float]:
-    """The scalar metric after replacing one node at a time by ``values[node]``: the inner loop of
-    activation patching, single-node ablations and certificates."""
-    return {n: float(metric(run_with_values(model, tokens, {n: values[n]})).mean()) for n in nodes}
+                        metric: Callable[[torch.Tensor], torch.Tensor], nodes: Iterable[str],
+                        positions: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+    """The scalar metric after replacing one node (or site) at a time by ``values[node]``: the
+    inner loop of activation patching, single-node ablations and certificates."""
+    return {n: float(metric(run_with_values(model, tokens, {n: values[n]}, positions=positions)).mean())
+            for n in nodes}
 
 
 def ablation_effects(model, prompts, nodes: Iterable[str], how: str,
@@ -94,10 +118,10 @@ def ablation_effects(model, prompts, nodes: Iterable[str], how: str,
     in :func:`node_values`): activation patching with ``corrupted``, single-node ablations with
     ``zero`` / ``mean`` / ``resample``."""
     nodes = list(nodes)
-    clean_logits, clean_cache = cache_nodes(model, prompts.clean, nodes)
+    clean_logits, clean_cache = cache_nodes(model, prompts.clean, nodes, prompts.positions)
     clean = float(metric(clean_logits).mean())
     values = node_values(model, prompts, nodes, how, seed, clean_cache)
-    patched = single_node_metrics(model, prompts.clean, values, metric, nodes)
+    patched = single_node_metrics(model, prompts.clean, values, metric, nodes, prompts.positions)
     return {n: clean - patched[n] for n in nodes}
 
 
@@ -119,8 +143,9 @@ def node_values(model, prompts, nodes: Iterable[str], how: str, seed: int = 0,
     if how not in ABLATIONS:
         raise ValueError(f"unknown ablation {how!r}; expected one of {', '.join(ABLATIONS)}")
     if how == "corrupted":
-        return cache_nodes(model, prompts.corrupted, nodes)[1]
-    clean = clean_cache if clean_cache is not None else cache_nodes(model, prompts.clean, nodes)[1]
+        return cache_nodes(model, prompts.corrupted, nodes, prompts.positions)[1]
+    clean = clean_cache if clean_cache is not None else \
+        cache_nodes(model, prompts.clean, nodes, prompts.positions)[1]
     if how == "clean":
         return {n: clean[n] for n in nodes}
     if how == "zero":

@@ -139,6 +139,12 @@ class PromptSet:
     def labels(self) -> list[str]:
         return list(self.positions)
 
+    def take(self, index: "torch.Tensor") -> "PromptSet":
+        """The prompts at ``index`` (a LongTensor), with every per-prompt field kept aligned."""
+        return PromptSet(self.clean[index], self.corrupted[index], self.answer[index], self.wrong[index],
+                         {k: v[index] for k, v in self.positions.items()},
+                         {k: v[index] for k, v in self.variables.items()}, self.split)
+
 
 # --- cases ------------------------------------------------------------------------------------
 
@@ -241,6 +247,9 @@ class CaseView:
 class Technique(ABC):
     """One localisation technique. Higher scores mean more important.
 
+    ``granularity`` is the technique's main granularity; ``granularities`` lists every one it can
+    score (default: just the main one). The runner runs each that a case has truth for and labels
+    the non-main runs ``name@granularity``; ``view.granularity`` says which one is asked for.
     ``signed = True`` means scores are signed effects; scoring then ranks by magnitude.
     ``cost`` is a short human description of the passes it needs (shown by ``mibench list``).
     """
@@ -248,6 +257,7 @@ class Technique(ABC):
     name: ClassVar[str]
     version: ClassVar[str] = "1"
     granularity: ClassVar[str] = "node"
+    granularities: ClassVar[tuple[str, ...]] = ()
     signed: ClassVar[bool] = False
     cost: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -256,6 +266,20 @@ class Technique(ABC):
     @abstractmethod
     def attribute(self, view: CaseView) -> "pd.Series":
         """Score every component of ``view.components()``."""
+
+    @classmethod
+    def supported_granularities(cls) -> tuple[str, ...]:
+        return cls.granularities or (cls.granularity,)
+
+
+def run_label(technique: str, granularity: str, main_granularity: str) -> str:
+    """How a run is named in results and tables: ``dla``, or ``causal_tracing@site``."""
+    return technique if granularity == main_granularity else f"{technique}@{granularity}"
+
+
+def split_label(label: str) -> tuple[str, str | None]:
+    name, _, granularity = label.partition("@")
+    return name, granularity or None
 
 
 def make_scores(values: dict[str, float] | Any, index: list[str] | None = None) -> "pd.Series":

@@ -17,7 +17,8 @@ from typing import Callable, Iterable
 import torch
 
 from mibench.ablation import Ablator
-from mibench.api import Case, CaseView, Instance, MibenchError, PromptSet, Technique, validate_scores
+from mibench.api import (Case, CaseView, Instance, MibenchError, PromptSet, Technique, run_label,
+                         validate_scores)
 from mibench.certificate import Certificate, certify
 from mibench.passes import PassCounter
 from mibench.results import RunRecord, write_record
@@ -50,18 +51,19 @@ def _weights_fingerprint(model) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
 
 
-def run_one(technique: Technique, prep: Prepared) -> RunRecord:
+def run_one(technique: Technique, prep: Prepared, granularity: str | None = None) -> RunRecord:
+    """One (technique, case, seed) at one granularity (default: the technique's main one)."""
     case, instance = prep.case, prep.instance
+    granularity = granularity or technique.granularity
     record = RunRecord(
-        technique=technique.name, case=case.name, seed=instance.seed,
-        granularity=technique.granularity, status="ok",
+        technique=run_label(technique.name, granularity, technique.granularity), case=case.name,
+        seed=instance.seed, granularity=granularity, status="ok",
         technique_version=str(technique.version), case_version=str(case.version), case_tier=case.tier,
         truth_hash=instance.truth.digest(), n_prompts=len(prep.prompts),
         n_train_prompts=len(prep.train_prompts), certificate=prep.certificate.to_json())
-    if technique.granularity not in case.granularities or \
-            technique.granularity not in instance.truth.granularities():
+    if granularity not in case.granularities or granularity not in instance.truth.granularities():
         record.status = "skipped"
-        record.error = (f"case {case.name!r} has no ground truth at {technique.granularity!r} "
+        record.error = (f"case {case.name!r} has no ground truth at {granularity!r} "
                         f"granularity (it has {', '.join(case.granularities)})")
         return record
     if not prep.certificate.passed:
@@ -71,7 +73,7 @@ def run_one(technique: Technique, prep: Prepared) -> RunRecord:
 
     model = copy.deepcopy(instance.model)
     before = _weights_fingerprint(model)
-    view = CaseView(case, model, prep.prompts, prep.train_prompts, technique.granularity, instance.seed)
+    view = CaseView(case, model, prep.prompts, prep.train_prompts, granularity, instance.seed)
     torch.manual_seed(instance.seed)
     start = time.perf_counter()
     try:
@@ -93,16 +95,16 @@ def run_one(technique: Technique, prep: Prepared) -> RunRecord:
         return record
 
     record.scores = {k: float(v) for k, v in scores.items()}
-    ablator = prep.ablator if technique.granularity == "node" else None
-    record.metrics = score_run(scores, instance.truth, technique.granularity, technique.signed, ablator)
+    ablator = prep.ablator if granularity == "node" else None
+    record.metrics = score_run(scores, instance.truth, granularity, technique.signed, ablator)
     return record
 
 
-def run_grid(techniques: list[Technique], cases: list[Case], seeds: Iterable[int],
+def run_grid(techniques: list[tuple[Technique, str]], cases: list[Case], seeds: Iterable[int],
              results_dir: str | Path | None, progress: bool = True,
              on_record: Callable[[RunRecord], None] | None = None) -> list[RunRecord]:
-    """Run every combination, writing each record as soon as it exists (so an interrupted grid
-    keeps what it finished)."""
+    """Run every (technique, granularity) on every case and seed, writing each record as soon as
+    it exists (so an interrupted grid keeps what it finished)."""
     from tqdm import tqdm
 
     seeds = list(seeds)
@@ -113,9 +115,9 @@ def run_grid(techniques: list[Technique], cases: list[Case], seeds: Iterable[int
             for seed in seeds:
                 bar.set_description(f"{case.name} seed {seed}: certifying")
                 prep = prepare(case, seed)
-                for technique in techniques:
-                    bar.set_description(f"{case.name} seed {seed}: {technique.name}")
-                    record = run_one(technique, prep)
+                for technique, granularity in techniques:
+                    bar.set_description(f"{case.name} seed {seed}: {technique.name}@{granularity}")
+                    record = run_one(technique, prep, granularity)
                     if results_dir is not None:
                         write_record(results_dir, record)
                     records.append(record)

@@ -1,7 +1,8 @@
 """Argument parsing shared by subcommands: seed ranges and comma-separated name lists."""
 from __future__ import annotations
 
-from mibench.api import MibenchError
+from mibench.api import MibenchError, split_label
+from mibench.names import GRANULARITIES
 from mibench.registry import case_entries, technique_entries, unknown_name_error
 
 DEFAULT_RESULTS = "leaderboard/results"
@@ -42,12 +43,33 @@ def case_names(text: str | None) -> list[str]:
 
 
 def technique_names(text: str) -> list[str]:
-    """Registered names, ``all``, or paths to adapter files (checked when loaded)."""
+    """Registered names (``name@granularity`` picks one granularity), ``all``, or paths to adapter
+    files (checked when loaded)."""
     available = list(technique_entries())
     if text == "all":
         return sorted(available)
     chosen = [n.strip() for n in text.split(",") if n.strip()]
-    for name in chosen:
+    for label in chosen:
+        name, granularity = split_label(label)
         if not (name.endswith(".py") or "/" in name) and name not in available:
             raise unknown_name_error("technique", name, available)
+        if granularity is not None and granularity not in GRANULARITIES:
+            raise MibenchError(f"unknown granularity {granularity!r} in {label!r}; "
+                               f"expected one of {', '.join(GRANULARITIES)}")
     return chosen
+
+
+def load_runs(labels: list[str]) -> list:
+    """(technique, granularity) pairs: every granularity a technique supports unless one is named."""
+    from mibench.registry import load_technique
+
+    runs = []
+    for label in labels:
+        name, granularity = split_label(label)
+        technique = load_technique(name)
+        supported = technique.supported_granularities()
+        if granularity is not None and granularity not in supported:
+            raise MibenchError(f"technique {technique.name!r} does not score {granularity!r}; "
+                               f"it scores {', '.join(supported)}")
+        runs += [(technique, g) for g in ([granularity] if granularity else supported)]
+    return runs

@@ -19,8 +19,9 @@ def main(args) -> int:
                 for e in case_entries().values()]
         print(tabulate(rows, headers=["case", "tier", "granularities", "circuit", "models"]))
     else:
-        rows = [[e.name, e.meta.get("granularity", "?"), e.meta.get("cost", ""),
+        rows = [[e.name, ", ".join(e.meta.get("granularities") or (e.meta.get("granularity", "?"),)),
+                 e.meta.get("cost", ""),
                  e.meta.get("description", ""), e.source if not e.source.endswith(".py") else ""]
                 for e in technique_entries().values()]
-        print(tabulate(rows, headers=["technique", "granularity", "cost", "what it does", "entry point"]))
+        print(tabulate(rows, headers=["technique", "granularities", "cost", "what it does", "entry point"]))
     return 0

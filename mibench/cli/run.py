@@ -11,7 +11,8 @@ def add_arguments(parser) -> None:
     from mibench.cli.common import DEFAULT_RESULTS
 
     parser.add_argument("--technique", required=True,
-                        help="technique name(s), comma-separated, 'all', or a path to an adapter .py file")
+                        help="technique name(s), comma-separated ('name@granularity' for one granularity), "
+                             "'all', or a path to an adapter .py file")
     parser.add_argument("--case", default="all", help="case name(s), comma-separated (default: all)")
     parser.add_argument("--seeds", default="0-4", help="seeds, e.g. 0-4 or 0,3 (default: 0-4)")
     parser.add_argument("--results", default=DEFAULT_RESULTS,
@@ -27,12 +28,12 @@ def _fmt(value) -> str:
 def main(args) -> int:
     from tabulate import tabulate
 
-    from mibench.cli.common import case_names, parse_seeds, technique_names
-    from mibench.registry import load_case, load_technique
+    from mibench.cli.common import case_names, load_runs, parse_seeds, technique_names
+    from mibench.registry import load_case
 
     seeds = parse_seeds(args.seeds)
     cases = [load_case(n) for n in case_names(args.case)]
-    techniques = [load_technique(n) for n in technique_names(args.technique)]
+    techniques = load_runs(technique_names(args.technique))
 
     from mibench.runner import run_grid
 

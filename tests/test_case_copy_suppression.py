@@ -1,0 +1,102 @@
+"""The copy_suppression case: its certificate passes on seeds 0-4 and fails when the mechanism it
+checks is removed from the planted weights."""
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import pytest
+
+from mibench.ablation import Ablator
+from mibench.api import Instance
+from mibench.certificate import certify
+from mibench.registry import load_case
+from mibench.runner import prepare
+
+SEEDS = range(5)
+
+
+@pytest.fixture(scope="module")
+def case():
+    return load_case("copy_suppression")
+
+
+def _certify(case, model, placement, seed):
+    """Certificate of a (possibly edited) planted model, exactly as the runner computes it."""
+    from ground_truth.copy_suppression.case import CIRCUIT  # noqa: PLC0415 - loaded via registry too
+
+    instance = Instance(model=model.to_bridge(), truth=CIRCUIT.truth(placement), seed=seed)
+    prompts = case.prompts(case.n_prompts, seed, "test")
+    ablator = Ablator(instance.model, prompts, lambda logits: case.metric(logits, prompts), seed=seed)
+    return certify(case, instance, prompts, ablator)
+
+
+def _failed(cert) -> set[str]:
+    """Names of the failed checks without their node suffix (``necessity a1.h2`` -> ``necessity``)."""
+    return {" ".join(w for w in c.name.split() if not re.match(r"^[am]\d", w)) for c in cert.failed()}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_certificate_passes(case, seed):
+    start = time.perf_counter()
+    case.build(seed)
+    print(f"\ncopy_suppression seed {seed}: build {time.perf_counter() - start:.2f} s")
+    cert = prepare(case, seed).certificate
+    assert cert.passed, cert.reason()
+    names = [c.name for c in cert.checks]
+    assert any(n.startswith("suppression direct effect") for n in names)
+    assert any(n.startswith("suppression write") for n in names)
+
+
+def test_truth_and_metadata(case):
+    truth = case.build(0).truth
+    assert sorted(truth.nodes.values()) == ["copier", "copy_suppression"]
+    (cs,) = [n for n, r in truth.nodes.items() if r == "copy_suppression"]
+    assert truth.direct[cs] == -1
+    assert cs.startswith("a1.") and truth.answer_layer == 1
+    assert set(case.granularities) <= set(truth.granularities())
+
+
+def test_roles_move_with_the_seed(case):
+    placements = {tuple(sorted(case.build(s).truth.nodes)) for s in SEEDS}
+    assert len(placements) > 1
+
+
+def test_prompts(case):
+    p = case.prompts(32, 0, "test")
+    idx = np.arange(32)
+    assert (p.clean[idx, p.positions["D"]] == p.wrong).all()
+    assert not (p.clean == p.answer[:, None]).any()  # the answer is never in the context
+    assert not (p.corrupted == p.wrong[:, None]).any()  # nothing to copy in corrupted prompts
+    train = case.prompts(32, 0, "train")
+    assert not (train.clean == p.clean).all()
+
+
+def test_zeroing_suppressor_ov_fails(case):
+    model, placement = case.planted(0)
+    layer, head = 1, int(placement["copy_suppression"][0].split(".h")[1])
+    model.W_O[layer, head] = 0.0
+    cert = _certify(case, model, placement, 0)
+    failed = _failed(cert)
+    assert not cert.passed
+    assert {"suppression write", "suppression direct effect", "necessity"} <= failed, cert.reason()
+
+
+def test_suppressor_without_copy_matching_fails(case):
+    """Key no longer reads token identity: the head cannot find the predicted token."""
+    model, placement = case.planted(0)
+    head = int(placement["copy_suppression"][0].split(".h")[1])
+    model.W_K[1, head] = 0.0
+    cert = _certify(case, model, placement, 0)
+    failed = _failed(cert)
+    assert "suppression attention" in failed, cert.reason()
+    assert not cert.passed
+
+
+def test_zeroing_copier_ov_fails(case):
+    model, placement = case.planted(0)
+    head = int(placement["copier"][0].split(".h")[1])
+    model.W_O[0, head] = 0.0
+    cert = _certify(case, model, placement, 0)
+    assert not cert.passed

@@ -1,0 +1,108 @@
+"""The planted_trigger case: its certificate passes on seeds 0-4 and fails when the mechanism it
+checks is removed from the planted weights (or the decoy is made to trigger)."""
+from __future__ import annotations
+
+import re
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from mibench import names
+from mibench.ablation import Ablator
+from mibench.api import Instance
+from mibench.certificate import certify
+from mibench.registry import load_case
+from mibench.runner import prepare
+
+SEEDS = range(5)
+
+
+@pytest.fixture(scope="module")
+def case():
+    return load_case("planted_trigger")
+
+
+def _module(case):
+    return sys.modules[type(case).__module__]
+
+
+def _certify(case, model, placement, neurons, seed):
+    """Certificate of a (possibly edited) planted model, exactly as the runner computes it."""
+    truth = _module(case).CIRCUIT.truth(placement, neurons=neurons)
+    instance = Instance(model=model.to_bridge(), truth=truth, seed=seed)
+    prompts = case.prompts(case.n_prompts, seed, "test")
+    ablator = Ablator(instance.model, prompts, lambda logits: case.metric(logits, prompts), seed=seed)
+    return certify(case, instance, prompts, ablator)
+
+
+def _failed(cert) -> set[str]:
+    """Names of the failed checks without their node suffix (``necessity m1`` -> ``necessity``)."""
+    return {" ".join(w for w in c.name.split() if not re.match(r"^[am]\d", w)) for c in cert.failed()}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_certificate_passes(case, seed):
+    start = time.perf_counter()
+    case.build(seed)
+    print(f"\nplanted_trigger seed {seed}: build {time.perf_counter() - start:.2f} s")
+    cert = prepare(case, seed).certificate
+    assert cert.passed, cert.reason()
+    assert {"specificity", "neuron necessity", "neuron sufficiency"} <= {c.name for c in cert.checks}
+
+
+def test_truth_at_node_and_neuron_granularity(case):
+    truth = case.build(0).truth
+    assert sorted(truth.nodes.values()) == ["trigger_detector", "trigger_neuron"]
+    assert "m1" in truth.nodes and truth.direct == {"m1": 1}
+    assert len(truth.neurons) == _module(case).N_PAIRS
+    assert set(truth.neurons.values()) == {"trigger_neuron"}
+    assert all(names.node_layer(n) == 1 for n in truth.neurons)
+    assert set(case.granularities) <= set(truth.granularities())
+
+
+def test_placement_moves_with_the_seed(case):
+    neuron_sets = {tuple(sorted(case.planted(s)[2])) for s in SEEDS}
+    assert len(neuron_sets) > 1
+
+
+def test_prompts(case):
+    roles = case._token_roles(0)
+    p = case.prompts(32, 0, "test")
+    idx = np.arange(32)
+    trig = p.clean[idx, p.positions["TRIG"]]
+    assert all(int(t) in roles["trigger"] for t in trig)
+    assert all(int(t) in roles["decoy"] for t in p.corrupted[idx, p.positions["TRIG"]])
+    assert (p.wrong == roles["default"]).all()
+    assert [roles["target"][roles["trigger"].index(int(t))] for t in trig] == p.answer.tolist()
+
+
+def test_zeroing_trigger_neuron_outputs_fails(case):
+    model, placement, neurons = case.planted(0)
+    for n in neurons:
+        model.W_out[1][names.parse_node(n).index] = 0.0
+    cert = _certify(case, model, placement, neurons, 0)
+    assert not cert.passed
+    assert {"necessity", "neuron necessity"} <= _failed(cert), cert.reason()
+
+
+def test_decoy_that_triggers_fails_specificity(case, monkeypatch):
+    monkeypatch.setattr(_module(case), "DECOY_SHARE", 1.0)
+    model, placement, neurons = case.planted(0)
+    cert = _certify(case, model, placement, neurons, 0)
+    assert "specificity" in _failed(cert), cert.reason()
+
+
+def test_wrong_neuron_truth_fails_neuron_checks(case):
+    """If the truth named distractor neurons instead, the neuron checks would catch it."""
+    model, placement, neurons = case.planted(0)
+    real = {names.parse_node(n).index for n in neurons}
+    fake = {names.neuron(1, i): "trigger_neuron" for i in range(32) if i not in real}
+    fake = dict(list(fake.items())[:len(neurons)])
+    instance = Instance(model=model.to_bridge(), seed=0,
+                        truth=_module(case).CIRCUIT.truth(placement, neurons=fake))
+    prompts = case.prompts(case.n_prompts, 0, "test")
+    ablator = Ablator(instance.model, prompts, lambda logits: case.metric(logits, prompts), seed=0)
+    failed = {c.name for c in case.extra_checks(instance, prompts, ablator) if not c.passed}
+    assert {"neuron necessity", "neuron sufficiency"} <= failed
