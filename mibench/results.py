@@ -42,6 +42,8 @@ class RunRecord:
     error: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
+    truth_labels: dict[str, str] = field(default_factory=dict)  # what the scores were scored against
+    shape: dict[str, int] = field(default_factory=dict)  # n_layers, n_heads, d_mlp of the model
     certificate: dict[str, Any] | None = None
     mibench_version: str = __version__
     schema_version: int = SCHEMA_VERSION

@@ -8,6 +8,7 @@ scored; a technique whose granularity the case has no truth for is ``skipped`` w
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 import traceback
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from mibench import names
 from mibench.ablation import Ablator
 from mibench.api import (Case, CaseView, Instance, MibenchError, PromptSet, Technique, run_label,
                          validate_scores)
@@ -60,7 +62,8 @@ def run_one(technique: Technique, prep: Prepared, granularity: str | None = None
         seed=instance.seed, granularity=granularity, status="ok",
         technique_version=str(technique.version), case_version=str(case.version), case_tier=case.tier,
         truth_hash=instance.truth.digest(), n_prompts=len(prep.prompts),
-        n_train_prompts=len(prep.train_prompts), certificate=prep.certificate.to_json())
+        n_train_prompts=len(prep.train_prompts), certificate=prep.certificate.to_json(),
+        shape=dataclasses.asdict(names.Shape.of(instance.model)))
     if granularity not in case.granularities or granularity not in instance.truth.granularities():
         record.status = "skipped"
         record.error = (f"case {case.name!r} has no ground truth at {granularity!r} "
@@ -95,8 +98,10 @@ def run_one(technique: Technique, prep: Prepared, granularity: str | None = None
         return record
 
     record.scores = {k: float(v) for k, v in scores.items()}
+    record.truth_labels = instance.truth.labels(granularity)
     ablator = prep.ablator if granularity == "node" else None
-    record.metrics = score_run(scores, instance.truth, granularity, technique.signed, ablator)
+    record.metrics = score_run(scores, instance.truth, granularity, technique.signed, ablator,
+                               trap=case.tier == "trap")
     return record
 
 

@@ -280,7 +280,7 @@ def _nan_to_none(x: float) -> float | None:
 
 
 def score_run(scores: pd.Series, truth: "Truth", granularity: str, signed: bool,
-              ablator: "Ablator | None" = None) -> dict[str, Any]:
+              ablator: "Ablator | None" = None, trap: bool = False) -> dict[str, Any]:
     """All metrics of one (technique, case, seed) at one granularity, as a flat JSON-ready dict.
 
     The truth set is ``truth.labels(granularity)``; k is its size. Signed scores are ranked by
@@ -290,6 +290,10 @@ def score_run(scores: pd.Series, truth: "Truth", granularity: str, signed: bool,
     granularity (|index of the top-scored layer − truth.answer_layer|, the lowest layer winning a
     tie; None when the truth has no answer layer). Metrics that are undefined (for example AUROC
     when every component is in the truth set) are None.
+
+    On a trap case (``trap=True``) also ``fooled`` and ``fooled_reason``: the technique is fooled
+    when its top k is not exactly the truth set (a truth component missed, a distractor ranked in)
+    or, at layer granularity, when it names the wrong answer layer.
     """
     truth_labels = truth.labels(granularity)
     if not truth_labels:
@@ -326,6 +330,16 @@ def score_run(scores: pd.Series, truth: "Truth", granularity: str, signed: bool,
             layer_idx = np.array([names.parse_layer(n) for n in ranked.index])
             best = int(layer_idx[x == x.max()].min())
             out["answer_layer_error"] = int(abs(best - int(truth.answer_layer)))
+    if trap:
+        reasons = []
+        if out["precision_at_k"] is not None and out["precision_at_k"] < 1.0:
+            missed = ", ".join(f"{m['component']} ({m['role']}, rank {m['rank']})"
+                               for m in out["failures"]["missed"][:3])
+            reasons.append(f"top-{k} is not the truth set" + (f"; missed {missed}" if missed else ""))
+        if out.get("answer_layer_error"):
+            reasons.append(f"answer layer off by {out['answer_layer_error']}")
+        out["fooled"] = bool(reasons)
+        out["fooled_reason"] = "; ".join(reasons)
     return out
 
 

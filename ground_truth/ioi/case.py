@@ -12,8 +12,8 @@ from mibench.api import Case, Instance, PromptSet
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.models import PlantedModel, ResidualLayout
-from mibench.models.gating import (QKTerm, constant_term, embed_flag, prediction_gate_term, rows,
-                                   self_exclusion_term, set_qk_terms)
+from mibench.models.gating import (QKTerm, constant_term, embed_flag, match_term,
+                                   prediction_gate_term, rows, self_exclusion_term, set_qk_terms)
 
 CIRCUIT = Circuit.load(Path(__file__).with_name("circuit.yaml"))
 
@@ -47,9 +47,15 @@ SI_QK, SI_SINK = 10.0, 5.0  # S-inhibition: 10 per unit of "duplicated" flag (2 
 NM_NAME, NM_INHIBIT = 8.0, 10.0  # name movers: +8 on names, −10 on the inhibited name
 NM_GAIN, NEG_GAIN = 10.0, 3.0  # name mover writes +10·IO, the negative name mover −3·IO
 # Backup gate: +10 on names, −12 on the inhibited name, −2 per unit of the residual's current
-# prediction of the key's token, BOS sink 6. Clean: IO scores 10 − 2·7 = −4 < 6 (silent); name
-# mover ablated: IO scores 10 + 2·3 = 16 > 6 (the negative head's −3·IO only opens the gate more).
-BK_NAME, BK_INHIBIT, BK_PREDICT, BK_SINK, BK_GAIN = 10.0, 12.0, 2.0, 6.0, 10.0
+# prediction of the key's token, BOS sink 9.5 (a = 10 > sink > a − c). Clean: IO scores
+# 10 − 2·7 = −4 ≪ 9.5 (silent); name mover ablated: IO scores 10 + 2·3 = 16 ≫ 9.5 (the negative
+# head's −3·IO only opens the gate wider); ABC run: each name scores 10 − 2·7/3 ≈ 5.3 < 9.5, so
+# the backup stays nearly silent there too and patching it from the corrupted run does little.
+BK_NAME, BK_INHIBIT, BK_PREDICT, BK_SINK, BK_GAIN = 10.0, 12.0, 2.0, 9.5, 10.0
+#: Distractor heads (every head without a role) write random vectors of these norms per unit
+#: input: large enough that techniques see non-zero noise on every head, small enough for the
+#: strictness check (no single non-truth head moves the behaviour by more than 5%).
+DISTRACTOR_WRITE = {"junk": 1.0, "out": 16.0, "dup": 0.05, "inhibit": 0.1}
 D_HEAD = 48  # the largest rank is the duplicate-token head's: 20 names + 16 positions + 1
 
 # --- certificate extras (the generic thresholds are in mibench.certificate.THRESHOLDS) ---------
@@ -133,7 +139,7 @@ class IOI(Case):
 
         # L0 duplicate-token: same name earlier (not itself), else the BOS sink; writes the flag
         set_qk_terms(model, *heads["duplicate_token"], [
-            QKTerm(tok_names, tok_names, DUP_QK),
+            match_term(layout, "tok", "tok", DUP_QK, name_toks, name_toks),
             self_exclusion_term(layout, "pos", N_CTX, DUP_QK),
             constant_term(layout, "one", "bos", DUP_SINK)])
         model.set_ov(*heads["duplicate_token"], rows(layout, "name"), rows(layout, "dup"))
@@ -143,7 +149,7 @@ class IOI(Case):
         model.set_ov(*heads["previous_token"], tok_names, rows(layout, "prev"))
         # L1 induction: current name vs previous-token subspace (K-composition), BOS sink
         set_qk_terms(model, *heads["induction"], [
-            QKTerm(tok_names, rows(layout, "prev"), IND_QK),
+            match_term(layout, "tok", "prev", IND_QK, name_toks),
             constant_term(layout, "one", "bos", IND_SINK)])
         model.set_ov(*heads["induction"], rows(layout, "one"), rows(layout, "dup"))
         # L2 S-inhibition: attends to the duplicated position, writes its name into "inhibit"
@@ -174,8 +180,7 @@ class IOI(Case):
                 if (layer, h) in used:
                     continue
                 model.add_distractor_head(layer, h, rng, read_blocks=["tok", "pos", "junk"],
-                                          write={"junk": 1.0, "out": 0.2, "dup": 0.02,
-                                                 "inhibit": 0.05})
+                                          write=DISTRACTOR_WRITE)
         model.rotate(rng)
         truth = CIRCUIT.truth({role: [names.head(*lh)] for role, lh in heads.items()})
         return Instance(model=model.to_bridge(), truth=truth, seed=seed)

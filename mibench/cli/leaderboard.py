@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-HELP = "write LEADERBOARD.md from the stored results"
+from mibench.api import MibenchError
+
+HELP = "write LEADERBOARD.md and report.html from the stored results"
 
 
 def add_arguments(parser) -> None:
@@ -14,13 +16,17 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
+    from mibench.report.html import render_report
     from mibench.report.markdown import render_leaderboard
     from mibench.results import load_records
 
     records, excluded = load_records(args.results)
+    if not records:
+        raise MibenchError(f"no result files under {args.results}; run `mibench run` first")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "LEADERBOARD.md"
-    path.write_text(render_leaderboard(records, excluded))
-    print(f"wrote {path} from {len(records)} results ({len(excluded)} excluded)")
+    md, page = out / "LEADERBOARD.md", out / "report.html"
+    md.write_text(render_leaderboard(records, excluded))
+    page.write_text(render_report(records, excluded))
+    print(f"wrote {md} and {page} from {len(records)} results ({len(excluded)} excluded)")
     return 0

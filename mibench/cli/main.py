@@ -6,10 +6,10 @@ import sys
 
 from mibench import __version__
 from mibench.api import MibenchError
-from mibench.cli import check_technique, leaderboard, list as list_cmd, run, verify
+from mibench.cli import check_technique, leaderboard, list as list_cmd, report, run, verify
 
 SUBCOMMANDS = {"run": run, "list": list_cmd, "leaderboard": leaderboard, "verify": verify,
-               "check-technique": check_technique}
+               "check-technique": check_technique, "report": report}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -81,6 +81,9 @@ class PlantedModel:
         head's W_Q / W_K, so several terms can share one head."""
         r = query.shape[0]
         self._check_rank(r + offset, layer, head)
+        if strength < 0:
+            raise ValueError(f"head a{layer}.h{head}: strength must be >= 0; negate the query "
+                             f"directions for a repelling term")
         s = np.sqrt(strength * np.sqrt(self.d_head))  # the model divides scores by sqrt(d_head)
         self.W_Q[layer, head, :, offset:offset + r] = s * query.T
         self.W_K[layer, head, :, offset:offset + r] = s * key.T
@@ -136,11 +139,9 @@ class PlantedModel:
         read ``R.T @``, so the function is unchanged but no weight is axis-aligned any more."""
         R = random_orthogonal(self.layout.d_model, rng, keep_ones=self.layer_norm)
         self.W_E, self.W_pos = self.W_E @ R, self.W_pos @ R
-        self.W_Q = np.einsum("de,lhdk->lhek", R, self.W_Q)
-        self.W_K = np.einsum("de,lhdk->lhek", R, self.W_K)
-        self.W_V = np.einsum("de,lhdk->lhek", R, self.W_V)
+        self.W_Q, self.W_K, self.W_V = (R.T @ w for w in (self.W_Q, self.W_K, self.W_V))
         self.W_O = self.W_O @ R
-        self.W_in = np.einsum("de,ldn->len", R, self.W_in)
+        self.W_in = R.T @ self.W_in
         self.W_out = self.W_out @ R
         self.W_U = R.T @ self.W_U
         self.rotation = R

@@ -1,0 +1,68 @@
+"""``mibench report``: a terminal drill-down of one run — ranked components with their truth roles,
+the failures, and the case's certificate."""
+from __future__ import annotations
+
+HELP = "print one run in detail: ranked components, failures, certificate"
+
+
+def add_arguments(parser) -> None:
+    from mibench.cli.common import DEFAULT_RESULTS
+
+    parser.add_argument("--technique", required=True, help="technique label, e.g. dla or causal_tracing@site")
+    parser.add_argument("--case", required=True, help="case name")
+    parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    parser.add_argument("--results", default=DEFAULT_RESULTS, help=f"results folder (default: {DEFAULT_RESULTS})")
+    parser.add_argument("--top", type=int, default=15, help="how many ranked components to show (default: 15)")
+
+
+def main(args) -> int:
+    import json
+
+    from tabulate import tabulate
+
+    from mibench.api import MibenchError
+    from mibench.registry import unknown_name_error
+    from mibench.results import load_records, result_path
+
+    path = result_path(args.results, args.technique, args.case, args.seed)
+    if not path.is_file():
+        records, _ = load_records(args.results)
+        runs = sorted({(r.technique, r.case) for r in records})
+        if not any(t == args.technique for t, _ in runs):
+            raise unknown_name_error("technique (in the results)", args.technique, sorted({t for t, _ in runs}))
+        if not any(t == args.technique and c == args.case for t, c in runs):
+            raise unknown_name_error(f"case for {args.technique} (in the results)", args.case,
+                                     sorted({c for t, c in runs if t == args.technique}))
+        raise MibenchError(f"no result for {args.technique} on {args.case} seed {args.seed}; "
+                           f"run `mibench run --technique {args.technique} --case {args.case} --seeds {args.seed}`")
+    record = json.loads(path.read_text())
+    metrics, truth = record["metrics"], record.get("truth_labels", {})
+    print(f"{record['technique']} on {record['case']} seed {record['seed']} ({record['granularity']}): "
+          f"{record['status']}" + (f" — {record['error']}" if record.get("error") else ""))
+    if record["status"] == "ok":
+        print("  " + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("auroc", "ap", "precision_at_k", "recall_at_k",
+                                                                   "f1_at_k", "faithfulness")
+                               if metrics.get(k) is not None)
+              + f"   k = {metrics['k']}, runtime {record['runtime_s']:.2f}s, "
+                f"passes {record['forward_passes']:g} fwd + {record['backward_passes']:g} bwd")
+        ranked = sorted(record["scores"].items(), key=lambda kv: -abs(kv[1]))
+        rows = [[i + 1, name, f"{value:+.4f}", truth.get(name, ""), "◀ truth" if name in truth else ""]
+                for i, (name, value) in enumerate(ranked[: args.top])]
+        print("\nRanked components (by |score|)")
+        print(tabulate(rows, headers=["rank", "component", "score", "truth role", ""], disable_numparse=True))
+        missed = metrics["failures"]["missed"]
+        print("\nMissed truth components: " + (", ".join(f"{m['component']} ({m['role']}, rank {m['rank']})"
+                                                       for m in missed) or "none"))
+        fps = metrics["failures"]["false_positives"]
+        print("Top false positives: " + (", ".join(f"{f['component']} (rank {f['rank']})" for f in fps) or "none"))
+        if metrics.get("recall_by_role"):
+            print("Recall@k by role: " + ", ".join(f"{r} {v:.2f}" for r, v in metrics["recall_by_role"].items()))
+        if "fooled" in metrics:
+            print("Trap verdict: " + ("FOOLED — " + metrics["fooled_reason"] if metrics["fooled"] else "not fooled"))
+    cert = record.get("certificate")
+    if cert:
+        print(f"\nCertificate ({'pass' if cert['passed'] else 'FAIL'})")
+        print(tabulate([[c["name"], "-" if c["value"] is None else f"{c['value']:.3f}", f"{c['op']} {c['threshold']:g}",
+                         "pass" if c["passed"] else "FAIL"] for c in cert["checks"]],
+                       headers=["check", "value", "needs", ""], disable_numparse=True))
+    return 0

@@ -1,0 +1,123 @@
+"""Grouping and aggregation of result records, shared by the Markdown leaderboard, the HTML report
+and the terminal drill-down, so every view shows the same numbers."""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mibench.results import RunRecord
+from mibench.scoring import aggregate
+
+METRICS = (("auroc", "AUROC"), ("ap", "AP"), ("f1_at_k", "F1@k"), ("faithfulness", "faithfulness"))
+
+#: technique pairs whose agreement the literature discusses; shown in the agreement table
+FEATURED_PAIRS = (("activation_patching", "attribution_patching"),
+                  ("activation_patching", "causal_tracing"),
+                  ("activation_patching@site", "causal_tracing@site"),
+                  ("activation_patching", "integrated_gradients"),
+                  ("resample_ablation", "zero_ablation"),
+                  ("logit_lens", "tuned_lens"))
+
+
+def ok(records: list[RunRecord]) -> list[RunRecord]:
+    return [r for r in records if r.status == "ok"]
+
+
+def stat(records: list[RunRecord], key: str) -> dict[str, Any]:
+    return aggregate([r.metrics.get(key) for r in records])
+
+
+def fmt(stats: dict[str, Any], digits: int = 2) -> str:
+    if not stats["n"]:
+        return "-"
+    if stats["n"] == 1 or stats["low"] == stats["high"]:
+        return f"{stats['mean']:.{digits}f}"
+    return f"{stats['mean']:.{digits}f} [{stats['low']:.{digits}f}, {stats['high']:.{digits}f}]"
+
+
+def by(records: list[RunRecord], *keys: str) -> dict[tuple, list[RunRecord]]:
+    out: dict[tuple, list[RunRecord]] = defaultdict(list)
+    for r in sorted(records, key=lambda r: (r.technique, r.case, r.granularity, r.seed)):
+        out[tuple(getattr(r, k) for k in keys)].append(r)
+    return dict(sorted(out.items()))
+
+
+@dataclass
+class TechniqueSummary:
+    technique: str
+    granularity: str
+    cases: list[str]
+    runs: list[RunRecord]
+
+    def metric(self, key: str) -> dict[str, Any]:
+        return stat(self.runs, key)
+
+    @property
+    def runtime(self) -> float:
+        return float(np.mean([r.runtime_s for r in self.runs]))
+
+    @property
+    def passes(self) -> tuple[float, float]:
+        return (float(np.mean([r.forward_passes for r in self.runs])),
+                float(np.mean([r.backward_passes for r in self.runs])))
+
+
+def technique_summaries(records: list[RunRecord], tier: str | None = None) -> list[TechniqueSummary]:
+    """One summary per technique label over the ok runs (optionally of one case tier)."""
+    chosen = [r for r in ok(records) if tier is None or r.case_tier == tier]
+    return [TechniqueSummary(tech, runs[0].granularity, sorted({r.case for r in runs}), runs)
+            for (tech,), runs in by(chosen, "technique").items()]
+
+
+def not_run_reason(runs: list[RunRecord]) -> str:
+    """Why a technique has no ok run on a case: the first distinct reason."""
+    reasons = sorted({f"{r.status}: {r.error}" for r in runs if r.status != "ok"})
+    return reasons[0] if reasons else ""
+
+
+def role_recall(records: list[RunRecord]) -> pd.DataFrame:
+    """Mean recall@k per (technique, role) over every ok run: which roles each technique misses."""
+    rows = []
+    for r in ok(records):
+        for role, value in (r.metrics.get("recall_by_role") or {}).items():
+            rows.append({"technique": r.technique, "role": role, "recall": value})
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).groupby(["technique", "role"])["recall"].mean().unstack("role").sort_index()
+
+
+def agreement(records: list[RunRecord], a: str, b: str) -> dict[str, dict[str, Any]]:
+    """Spearman rank correlation of two techniques' scores per case (mean over shared seeds), and
+    the components on which they disagree most (largest rank difference, first shared seed)."""
+    runs = {(r.technique, r.case, r.seed): r for r in ok(records)}
+    out: dict[str, dict[str, Any]] = {}
+    for case in sorted({c for (t, c, _) in runs if t == a}):
+        seeds = sorted(s for (t, c, s) in runs if t == a and c == case and (b, case, s) in runs)
+        if not seeds:
+            continue
+        rhos, disagree = [], []
+        for seed in seeds:
+            sa = pd.Series(runs[(a, case, seed)].scores)
+            sb = pd.Series(runs[(b, case, seed)].scores).reindex(sa.index)
+            ra, rb = sa.abs().rank(ascending=False), sb.abs().rank(ascending=False)
+            rho = ra.corr(rb, method="pearson")  # Pearson on ranks = Spearman
+            rhos.append(None if pd.isna(rho) else float(rho))
+            if seed == seeds[0]:
+                gap = (ra - rb).abs().sort_values(ascending=False, kind="stable")
+                truth = runs[(a, case, seed)].truth_labels
+                disagree = [(n, int(ra[n]), int(rb[n]), truth.get(n, "")) for n in gap.index[:3] if gap[n] > 0]
+        out[case] = {"spearman": aggregate(rhos), "disagree": disagree, "seed": seeds[0]}
+    return out
+
+
+def certificates(records: list[RunRecord]) -> dict[str, dict[int, dict[str, Any]]]:
+    """case -> seed -> certificate, as stored with the runs."""
+    out: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for r in sorted(records, key=lambda r: (r.case, r.seed)):
+        if r.certificate:
+            out[r.case].setdefault(r.seed, r.certificate)
+    return dict(out)
