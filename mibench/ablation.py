@@ -12,11 +12,17 @@ functions, so "ablate a head" means the same thing everywhere:
 Replacement values come from :func:`node_values`: ``clean`` / ``corrupted`` (the node's output on
 that run, for counterfactual patching), ``zero``, ``mean`` (over the prompt set, per position) or
 ``resample`` (the node's output on a different clean prompt, a fixed derangement per seed).
+
+Exact patching is fast because it does only the work that can change (see :class:`BaseRun`):
+the unpatched run's residual stream is cached once, a patch of a component in block ``l`` reruns
+only blocks ``l`` onward, the patches of one block are batched into one pass (one copy of the
+prompts per patch), and callers that know which positions their metric reads can ask for the
+unembedding at those positions only.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +30,8 @@ import torch
 from mibench import names
 
 ABLATIONS = ("zero", "mean", "resample", "clean", "corrupted")
+#: rows (prompts × patches) in one batched pass; bounds memory on large models
+MAX_BATCH_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -31,39 +39,56 @@ class HookSite:
     hook: str
     index: int | None  # head or neuron index inside the hook's activation; None for whole layer
     label: str | None = None  # position label, for residual sites
+    layer: int = 0  # the block whose forward produces (or, for sites, receives) the value
 
 
-def hook_site(node: str) -> HookSite:
-    """Where a node's (or a residual site's) value lives among the model's hooks."""
+def hook_site(node: str, n_layers: int | None = None) -> HookSite:
+    """Where a node's (or a residual site's) value lives among the model's hooks. With
+    ``n_layers`` the final residual site maps to ``ln_final.hook_in``."""
     if node.startswith("r") and "@" in node:
         layer, label = names.parse_site(node)
-        return HookSite(f"blocks.{layer}.hook_resid_pre", None, label)
+        if n_layers is not None and layer == n_layers:
+            return HookSite("ln_final.hook_in", None, label, layer)
+        return HookSite(f"blocks.{layer}.hook_resid_pre", None, label, layer)
     parsed = names.parse_node(node)
     if parsed.kind == "head":
-        return HookSite(f"blocks.{parsed.layer}.attn.hook_z", parsed.index)
+        return HookSite(f"blocks.{parsed.layer}.attn.hook_z", parsed.index, None, parsed.layer)
     if parsed.kind == "mlp":
-        return HookSite(f"blocks.{parsed.layer}.hook_mlp_out", None)
+        return HookSite(f"blocks.{parsed.layer}.hook_mlp_out", None, None, parsed.layer)
     if parsed.kind == "neuron":
-        return HookSite(f"blocks.{parsed.layer}.mlp.hook_post", parsed.index)
+        return HookSite(f"blocks.{parsed.layer}.mlp.hook_post", parsed.index, None, parsed.layer)
     raise ValueError(f"{node} has no output to ablate")
 
 
-def _resolve(site: HookSite, n_layers: int) -> HookSite:
-    if site.hook == f"blocks.{n_layers}.hook_resid_pre":  # the final residual stream
-        return HookSite("ln_final.hook_in", None, site.label)
-    return site
-
-
-def _rows(act: torch.Tensor, site: HookSite, positions: dict[str, torch.Tensor] | None):
-    """Index selecting the site's entries of a hook activation."""
+def _index(act: torch.Tensor, site: HookSite, positions: dict[str, torch.Tensor] | None,
+           rows: slice = slice(None)):
+    """Index selecting the site's entries of a hook activation, within the batch rows ``rows``."""
     if site.label is not None:
         if positions is None or site.label not in positions:
             raise ValueError(f"position label {site.label!r} is not declared by these prompts")
+        batch = torch.arange(act.shape[0])[rows]
         pos = positions[site.label]
-        return (torch.arange(act.shape[0]), pos) if pos.shape[0] == act.shape[0] else \
-            (torch.arange(act.shape[0]), pos.repeat(act.shape[0] // pos.shape[0]))
+        return batch, pos.repeat(len(batch) // pos.shape[0])
     # hook_z is [batch, pos, head, d_head]; hook_post is [batch, pos, d_mlp]
-    return (slice(None),) if site.index is None else (slice(None), slice(None), site.index)
+    return (rows,) if site.index is None else (rows, slice(None), site.index)
+
+
+def _hooks(patches: list[tuple[str, torch.Tensor, slice]], n_layers: int, positions):
+    """TransformerLens forward hooks writing each ``(name, value, batch rows)`` into its site."""
+    by_hook: dict[str, list[tuple[HookSite, torch.Tensor, slice]]] = {}
+    for name, value, rows in patches:
+        site = hook_site(name, n_layers)
+        by_hook.setdefault(site.hook, []).append((site, value, rows))
+
+    def make_hook(entries):
+        def hook(act, hook):  # noqa: ARG001 - TransformerLens hook signature
+            act = act.clone()
+            for site, value, rows in entries:
+                act[_index(act, site, positions, rows)] = value
+            return act
+        return hook
+
+    return [(h, make_hook(entries)) for h, entries in by_hook.items()]
 
 
 def cache_nodes(model, tokens: torch.Tensor, nodes: Iterable[str],
@@ -72,35 +97,95 @@ def cache_nodes(model, tokens: torch.Tensor, nodes: Iterable[str],
     residual site's value ``[n, d_model]``; sites need the prompts' ``positions``)."""
     nodes = list(nodes)
     n_layers = model.cfg.n_layers
-    sites = {node: _resolve(hook_site(node), n_layers) for node in nodes}
+    sites = {node: hook_site(node, n_layers) for node in nodes}
     wanted = {s.hook for s in sites.values()}
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in wanted)
-    return logits, {node: cache[s.hook][_rows(cache[s.hook], s, positions)].clone()
+    return logits, {node: cache[s.hook][_index(cache[s.hook], s, positions)].clone()
                     for node, s in sites.items()}
 
 
 def run_with_values(model, tokens: torch.Tensor, values: dict[str, torch.Tensor],
                     grad: bool = False, positions: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Forward ``tokens`` with each node's output (or residual site's value) replaced by
-    ``values[name]`` (broadcast over the batch when its first dimension is 1). Returns the logits."""
-    n_layers = model.cfg.n_layers
-    by_hook: dict[str, list[tuple[HookSite, torch.Tensor]]] = {}
-    for node, value in values.items():
-        site = _resolve(hook_site(node), n_layers)
-        by_hook.setdefault(site.hook, []).append((site, value))
-
-    def make_hook(entries):
-        def hook(act, hook):  # noqa: ARG001 - TransformerLens hook signature
-            act = act.clone()
-            for site, value in entries:
-                act[_rows(act, site, positions)] = value
-            return act
-        return hook
-
-    fwd_hooks = [(h, make_hook(entries)) for h, entries in by_hook.items()]
+    """A full forward of ``tokens`` with each node's output (or residual site's value) replaced by
+    ``values[name]`` (broadcast over the batch when its first dimension is 1). Returns the logits.
+    For many patches of the same prompts, :class:`BaseRun` does the same exact computation faster."""
+    hooks = _hooks([(name, value, slice(None)) for name, value in values.items()], model.cfg.n_layers, positions)
     with torch.set_grad_enabled(grad):
-        return model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
+        return model.run_with_hooks(tokens, fwd_hooks=hooks)
+
+
+class BaseRun:
+    """The unpatched forward of ``tokens``, cached at every block's input so that patched runs can
+    start at the first block they change. ``read_positions`` (optional) restricts the unembedding
+    to the positions a metric reads; the logits then have only those positions, in that order."""
+
+    def __init__(self, model, tokens: torch.Tensor, positions: dict[str, torch.Tensor] | None = None,
+                 read_positions: Sequence[int] | None = None) -> None:
+        self.model, self.tokens, self.positions = model, tokens, positions
+        self.read_positions = list(read_positions) if read_positions is not None else None
+        self.n_layers = model.cfg.n_layers
+        # resid[l] enters block l; resid[n_layers] is the final residual stream
+        hooks = [f"blocks.{layer}.hook_resid_pre" for layer in range(self.n_layers)] + ["ln_final.hook_in"]
+        with torch.no_grad():
+            logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in hooks)
+        self.resid = [cache[h] for h in hooks]
+        self.logits = self._read(logits)
+
+    def _read(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.read_positions is None else logits[:, self.read_positions]
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.model.ln_final(x)
+        if self.read_positions is not None:
+            x = x[:, self.read_positions]
+        return self.model.unembed(x)
+
+    def _start(self, names_: Iterable[str]) -> int:
+        return min((hook_site(n, self.n_layers).layer for n in names_), default=self.n_layers)
+
+    def run(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits with ``values`` patched in (all at once), rerunning only the blocks they change."""
+        return self.run_batched([values])[0]
+
+    def run_batched(self, patches: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+        """Logits for several independent patch sets, stacked into one pass from the earliest
+        block any of them changes (one copy of the prompts per patch set)."""
+        if not patches:
+            return []
+        if not any(patches):
+            return [self.logits for _ in patches]
+        n = self.tokens.shape[0]
+        start = self._start(name for patch in patches for name in patch)
+        hooks = _hooks([(name, value, slice(i * n, (i + 1) * n))
+                        for i, patch in enumerate(patches) for name, value in patch.items()],
+                       self.n_layers, self.positions)
+        with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
+            x = self.resid[start].repeat(len(patches), 1, 1)
+            for block in self.model.blocks[start:]:
+                x = block(x)
+                x = x[0] if isinstance(x, tuple) else x
+            logits = self._finish(x)
+        return list(logits.split(n))
+
+    def single_metrics(self, nodes: Iterable[str], values: dict[str, torch.Tensor],
+                       metric: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
+        """The scalar metric after replacing one node at a time by ``values[node]``; the patches
+        of each block share one batched pass."""
+        nodes = list(nodes)
+        n = self.tokens.shape[0]
+        per_pass = max(1, MAX_BATCH_ROWS // max(n, 1))
+        out: dict[str, float] = {}
+        by_layer: dict[int, list[str]] = {}
+        for node in nodes:
+            by_layer.setdefault(hook_site(node, self.n_layers).layer, []).append(node)
+        for layer in sorted(by_layer):
+            group = by_layer[layer]
+            for i in range(0, len(group), per_pass):
+                chunk = group[i:i + per_pass]
+                for node, logits in zip(chunk, self.run_batched([{node: values[node]} for node in chunk])):
+                    out[node] = float(metric(logits).mean())
+        return {node: out[node] for node in nodes}
 
 
 def single_node_metrics(model, tokens: torch.Tensor, values: dict[str, torch.Tensor],
@@ -108,8 +193,7 @@ def single_node_metrics(model, tokens: torch.Tensor, values: dict[str, torch.Ten
                         positions: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """The scalar metric after replacing one node (or site) at a time by ``values[node]``: the
     inner loop of activation patching, single-node ablations and certificates."""
-    return {n: float(metric(run_with_values(model, tokens, {n: values[n]}, positions=positions)).mean())
-            for n in nodes}
+    return BaseRun(model, tokens, positions).single_metrics(nodes, values, metric)
 
 
 def ablation_effects(model, prompts, nodes: Iterable[str], how: str,
@@ -118,10 +202,11 @@ def ablation_effects(model, prompts, nodes: Iterable[str], how: str,
     in :func:`node_values`): activation patching with ``corrupted``, single-node ablations with
     ``zero`` / ``mean`` / ``resample``."""
     nodes = list(nodes)
-    clean_logits, clean_cache = cache_nodes(model, prompts.clean, nodes, prompts.positions)
-    clean = float(metric(clean_logits).mean())
+    base = BaseRun(model, prompts.clean, prompts.positions)
+    clean = float(metric(base.logits).mean())
+    clean_cache = cache_nodes(model, prompts.clean, nodes, prompts.positions)[1] if how != "corrupted" else None
     values = node_values(model, prompts, nodes, how, seed, clean_cache)
-    patched = single_node_metrics(model, prompts.clean, values, metric, nodes, prompts.positions)
+    patched = base.single_metrics(nodes, values, metric)
     return {n: clean - patched[n] for n in nodes}
 
 
@@ -170,12 +255,13 @@ class Ablator:
         self.all_nodes = names.nodes(names.Shape.of(model))
         logits, self.clean_cache = cache_nodes(model, prompts.clean, self.all_nodes)
         self.clean_logits = logits
+        self.base = BaseRun(model, prompts.clean, prompts.positions)
         self.full = float(metric(logits).mean())
         self.ablated = node_values(model, prompts, self.all_nodes, how, seed, self.clean_cache)
         self.empty = self.metric_without(self.all_nodes)
 
     def metric_with(self, values: dict[str, torch.Tensor]) -> float:
-        return float(self.metric(run_with_values(self.model, self.prompts.clean, values)).mean())
+        return float(self.metric(self.base.run(values)).mean())
 
     def metric_without(self, removed: Iterable[str]) -> float:
         """Metric with every node in ``removed`` ablated (the rest left as they are)."""
@@ -185,14 +271,16 @@ class Ablator:
         kept = set(kept)
         return self.metric_without([n for n in self.all_nodes if n not in kept])
 
+    def single_removals(self, nodes: Iterable[str]) -> dict[str, float]:
+        """Metric with one node at a time ablated (batched per block)."""
+        return self.base.single_metrics(nodes, self.ablated, self.metric)
+
     def normalized(self, value: float) -> float:
         span = self.full - self.empty
         if abs(span) < 1e-9:
             return float("nan")
         return (value - self.empty) / span
 
-    def single_node_metrics(self, nodes: Iterable[str], values: dict[str, torch.Tensor],
-                            tokens: torch.Tensor | None = None) -> dict[str, float]:
+    def single_node_metrics(self, nodes: Iterable[str], values: dict[str, torch.Tensor]) -> dict[str, float]:
         """Metric after replacing one node at a time by ``values[node]``."""
-        tokens = self.prompts.clean if tokens is None else tokens
-        return single_node_metrics(self.model, tokens, values, self.metric, nodes)
+        return self.base.single_metrics(nodes, values, self.metric)

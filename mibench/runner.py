@@ -105,24 +105,38 @@ def run_one(technique: Technique, prep: Prepared, granularity: str | None = None
     return record
 
 
-def run_grid(techniques: list[tuple[Technique, str]], cases: list[Case], seeds: Iterable[int],
+@dataclass(frozen=True)
+class RunSpec:
+    """One technique at one granularity. ``asked`` is False for the extra granularities of a
+    technique requested by name alone: those are run only on cases that have truth for them,
+    while the main (or an explicitly asked) granularity is recorded as skipped, with the reason."""
+
+    technique: Technique
+    granularity: str
+    asked: bool = True
+
+    def applies_to(self, case: Case) -> bool:
+        return self.asked or self.granularity in case.granularities
+
+
+def run_grid(specs: list[RunSpec], cases: list[Case], seeds: Iterable[int],
              results_dir: str | Path | None, progress: bool = True,
              on_record: Callable[[RunRecord], None] | None = None) -> list[RunRecord]:
-    """Run every (technique, granularity) on every case and seed, writing each record as soon as
-    it exists (so an interrupted grid keeps what it finished)."""
+    """Run every spec on every case and seed, writing each record as soon as it exists (so an
+    interrupted grid keeps what it finished)."""
     from tqdm import tqdm
 
     seeds = list(seeds)
     records: list[RunRecord] = []
-    total = len(techniques) * len(cases) * len(seeds)
+    total = sum(spec.applies_to(case) for spec in specs for case in cases) * len(seeds)
     with tqdm(total=total, disable=not progress, unit="run", dynamic_ncols=True) as bar:
         for case in cases:
             for seed in seeds:
                 bar.set_description(f"{case.name} seed {seed}: certifying")
                 prep = prepare(case, seed)
-                for technique, granularity in techniques:
-                    bar.set_description(f"{case.name} seed {seed}: {technique.name}@{granularity}")
-                    record = run_one(technique, prep, granularity)
+                for spec in (s for s in specs if s.applies_to(case)):
+                    bar.set_description(f"{case.name} seed {seed}: {spec.technique.name}@{spec.granularity}")
+                    record = run_one(spec.technique, prep, spec.granularity)
                     if results_dir is not None:
                         write_record(results_dir, record)
                     records.append(record)

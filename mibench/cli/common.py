@@ -60,8 +60,9 @@ def technique_names(text: str) -> list[str]:
 
 
 def load_runs(labels: list[str]) -> list:
-    """(technique, granularity) pairs: every granularity a technique supports unless one is named."""
+    """Run specs: every granularity a technique supports unless one is named (see RunSpec)."""
     from mibench.registry import load_technique
+    from mibench.runner import RunSpec
 
     runs = []
     for label in labels:
@@ -71,5 +72,8 @@ def load_runs(labels: list[str]) -> list:
         if granularity is not None and granularity not in supported:
             raise MibenchError(f"technique {technique.name!r} does not score {granularity!r}; "
                                f"it scores {', '.join(supported)}")
-        runs += [(technique, g) for g in ([granularity] if granularity else supported)]
+        if granularity:
+            runs.append(RunSpec(technique, granularity))
+        else:
+            runs += [RunSpec(technique, g, asked=g == technique.granularity) for g in supported]
     return runs
