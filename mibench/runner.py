@@ -1,13 +1,13 @@
 """The (technique × case × seed) grid: build, certify, attribute, score, record.
 
-Each (case, seed) is built and certified once; every technique then gets its own copy of the model
-and a CaseView (never the truth). A technique that raises or returns bad scores becomes an ``error``
-record and the grid goes on; a case whose certificate fails is recorded as ``uncertified`` and not
-scored; a technique whose granularity the case has no truth for is ``skipped`` with the reason.
+Each (case, seed) is built and certified once; every technique then gets the model (reset to its
+planted weights afterwards) and a CaseView (never the truth). A technique that raises or returns
+bad scores becomes an ``error`` record and the grid goes on; a case whose certificate fails is
+recorded as ``uncertified`` and not scored; a technique whose granularity the case has no truth for
+is ``skipped`` with the reason.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 import traceback
@@ -39,6 +39,7 @@ class Prepared:
     train_prompts: PromptSet
     ablator: Ablator
     certificate: Certificate
+    weights: list[torch.Tensor]  # the planted weights, to check and restore after each technique
 
 
 def prepare(case: Case, seed: int) -> Prepared:
@@ -46,11 +47,29 @@ def prepare(case: Case, seed: int) -> Prepared:
     prompts = case.prompts(case.n_prompts, seed, "test")
     train = case.prompts(N_TRAIN_PROMPTS, seed, "train")
     ablator = Ablator(instance.model, prompts, lambda logits: case.metric(logits, prompts), seed=seed)
-    return Prepared(case, instance, prompts, train, ablator, certify(case, instance, prompts, ablator))
+    weights = [p.detach().clone() for p in instance.model.parameters()]
+    return Prepared(case, instance, prompts, train, ablator, certify(case, instance, prompts, ablator), weights)
 
 
-def _weights_fingerprint(model) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in model.parameters()]
+def _reset(model, weights: list[torch.Tensor]) -> bool:
+    """Put the model back as it was planted; return whether any weight had changed.
+
+    Techniques share one model per (case, seed) instead of a deep copy: TransformerLens 4.3's
+    bridge keeps references from each block's capture hooks to the model it was built on, so a
+    deep copy still writes into (and can break) the original."""
+    changed = False
+    with torch.no_grad():
+        for param, saved in zip(model.parameters(), weights):
+            if not torch.equal(param, saved):
+                changed = True
+                param.copy_(saved)
+            param.requires_grad_(True)
+            param.grad = None
+    model.reset_hooks(including_permanent=True)
+    for module in model.modules():  # the bridge's per-forward capture of the pre-LN residual
+        if getattr(module, "_captured_pre_ln_residual", None) is not None:
+            module._captured_pre_ln_residual = None
+    return changed
 
 
 def run_one(technique: Technique, prep: Prepared, granularity: str | None = None) -> RunRecord:
@@ -74,8 +93,7 @@ def run_one(technique: Technique, prep: Prepared, granularity: str | None = None
         record.error = f"certificate failed, not scored: {prep.certificate.reason()}"
         return record
 
-    model = copy.deepcopy(instance.model)
-    before = _weights_fingerprint(model)
+    model = instance.model
     view = CaseView(case, model, prep.prompts, prep.train_prompts, granularity, instance.seed)
     torch.manual_seed(instance.seed)
     start = time.perf_counter()
@@ -85,11 +103,13 @@ def run_one(technique: Technique, prep: Prepared, granularity: str | None = None
         record.runtime_s = round(time.perf_counter() - start, 4)
         record.forward_passes = round(passes.forward_passes, 3)
         record.backward_passes = round(passes.backward_passes, 3)
+        changed = _reset(model, prep.weights)
         scores = validate_scores(raw, view.components(), technique.name)
-        if any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters())):
+        if changed:
             raise MibenchError(f"technique {technique.name!r} changed the model's weights; "
                                f"adapters must leave the model as they found it")
     except Exception as exc:  # recorded as data so the rest of the grid finishes
+        _reset(model, prep.weights)
         record.runtime_s = round(time.perf_counter() - start, 4)
         record.status = "error"
         where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None

@@ -37,22 +37,22 @@ class CheckSkipped(Exception):
 
 @lru_cache(maxsize=4)
 def _smallest_case(granularity: str):
-    """The cheapest case with truth at ``granularity``: (case, instance, prompts, train prompts)."""
+    """The cheapest case with truth at ``granularity``: (case, test prompts, train prompts)."""
     from mibench.registry import case_entries, load_case
 
     entries = sorted(case_entries().values(), key=lambda e: (e.name != "induction", e.name))
     for entry in entries:
         if granularity in entry.meta.get("granularities", ("node",)):
             case = load_case(entry.name)
-            return case, case.build(0), case.prompts(N_PROMPTS, 0, "test"), case.prompts(N_PROMPTS, 0, "train")
+            return case, case.prompts(N_PROMPTS, 0, "test"), case.prompts(N_PROMPTS, 0, "train")
     raise CheckSkipped(f"no case has ground truth at {granularity!r} granularity")
 
 
 def _view(technique: Technique) -> CaseView:
-    import copy
-
-    case, instance, prompts, train = _smallest_case(technique.granularity)
-    return CaseView(case, copy.deepcopy(instance.model), prompts, train, technique.granularity, 0)
+    """A fresh model for every check (building is deterministic), so one check cannot leak into
+    the next through the model."""
+    case, prompts, train = _smallest_case(technique.granularity)
+    return CaseView(case, case.build(0).model, prompts, train, technique.granularity, 0)
 
 
 def _attribute(technique: Technique, view: CaseView):
