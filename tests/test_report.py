@@ -1,0 +1,90 @@
+"""The leaderboard report: byte-identical Markdown, a self-contained HTML page that a headless
+Chromium renders without errors and with its figures, and the terminal drill-down."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from mibench.report.html import render_report
+from mibench.report.markdown import render_leaderboard
+from mibench.results import load_records
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    proc = subprocess.run([sys.executable, "-m", "mibench.cli.main", "run", "--technique",
+                           "activation_patching,attribution_patching,dla,random", "--case", "induction,ioi", "--seeds", "0-1",
+                           "--results", str(root), "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return root
+
+
+def test_markdown_is_a_pure_function_of_the_results(results):
+    records, excluded = load_records(results)
+    first = render_leaderboard(records, excluded)
+    again = render_leaderboard(*load_records(results))
+    assert first == again
+    for heading in ("## Overall", "## Case `induction` (planted)", "## Case `ioi` (planted)",
+                    "## Ground-truth certificates", "## Agreement between techniques"):
+        assert heading in first
+
+
+def test_html_is_self_contained_and_has_its_figures(results):
+    page = render_report(*load_records(results))
+    assert "<script" not in page and "@import" not in page and "url(http" not in page
+    links = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert links and all(link.startswith(("#", "data:")) for link in links)  # nothing to fetch
+    assert page.count("<svg") >= 5  # cost/quality + per case heat map and faithfulness curves
+    assert "backup_name_mover" in page  # roles outlined and listed
+
+
+def test_browser_renders_the_report(results, tmp_path):
+    """Headless Chromium (Debian's chromium + chromium-driver, installed by .ci/run) loads the
+    page with no console errors, shows its figures, and takes a screenshot."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    page = tmp_path / "report.html"
+    page.write_text(render_report(*load_records(results)))
+    chromium = shutil.which("chromium")
+    driver_path = shutil.which("chromedriver")
+    assert chromium and driver_path, "install Debian's chromium and chromium-driver (see .ci/run)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1300,2000"]:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.get(page.as_uri())
+        assert driver.title == "mibench report"
+        figures = driver.execute_script(
+            "return [...document.querySelectorAll('figure svg')].map(s => s.getBoundingClientRect().height)")
+        assert len(figures) >= 5 and all(h > 50 for h in figures)
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+        shot = tmp_path / "report.png"
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    finally:
+        driver.quit()
+
+
+def test_drill_down(results):
+    proc = subprocess.run([sys.executable, "-m", "mibench.cli.main", "report", "--technique", "dla",
+                           "--case", "ioi", "--seed", "1", "--results", str(results)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    for text in ("Ranked components", "name_mover", "◀ truth", "Missed truth components",
+                 "Certificate (pass)", "backup compensation"):
+        assert text in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "mibench.cli.main", "report", "--technique", "dlaa",
+                           "--case", "ioi", "--results", str(results)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Did you mean 'dla'" in proc.stderr
