@@ -2,6 +2,7 @@
 checks is removed from the planted weights (or the decoy is made to trigger)."""
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
 import time
@@ -49,7 +50,9 @@ def test_certificate_passes(case, seed):
     print(f"\nplanted_trigger seed {seed}: build {time.perf_counter() - start:.2f} s")
     cert = prepare(case, seed).certificate
     assert cert.passed, cert.reason()
-    assert {"specificity", "neuron necessity", "neuron sufficiency"} <= {c.name for c in cert.checks}
+    assert {"specificity", "neuron necessity", "neuron sufficiency", "site strictness",
+            "site necessity r0@TRIG", "site necessity r1@END", "site necessity r2@END"} \
+        <= {c.name for c in cert.checks}
 
 
 def test_truth_at_node_and_neuron_granularity(case):
@@ -60,6 +63,35 @@ def test_truth_at_node_and_neuron_granularity(case):
     assert set(truth.neurons.values()) == {"trigger_neuron"}
     assert all(names.node_layer(n) == 1 for n in truth.neurons)
     assert set(case.granularities) <= set(truth.granularities())
+
+
+def test_site_truth_and_trigger_variable(case):
+    truth = case.build(0).truth
+    assert truth.labels("site") == {"r0@TRIG": "trigger", "r1@END": "trigger", "r2@END": "trigger"}
+    p = case.prompts(32, 0, "test")
+    roles = case._token_roles(0)
+    trig = p.clean[np.arange(32), p.positions["TRIG"]]
+    assert p.variables["trigger"].tolist() == [roles["trigger"].index(int(t)) for t in trig]
+
+
+def _site_checks(case, sites, seed=0):
+    """The case's site checks with ``sites`` as the site truth."""
+    inst = case.build(seed)
+    truth = dataclasses.replace(inst.truth, sites={"trigger": frozenset(sites)})
+    prompts = case.prompts(case.n_prompts, seed, "test")
+    return {c.name: c for c in case._site_checks(Instance(inst.model, truth, seed), prompts)}
+
+
+def test_decodable_but_unused_site_fails_site_necessity(case):
+    """r1@TRIG carries the trigger (a probe reads it) but patching it changes nothing."""
+    checks = _site_checks(case, {"r0@TRIG", "r1@TRIG", "r2@END"})
+    assert not checks["site necessity r1@TRIG"].passed
+    assert checks["site necessity r1@TRIG"].value < 0.05
+
+
+def test_missing_truth_site_fails_site_strictness(case):
+    checks = _site_checks(case, {"r0@TRIG", "r2@END"})
+    assert not checks["site strictness"].passed and "r1@END" in checks["site strictness"].detail
 
 
 def test_placement_moves_with_the_seed(case):

