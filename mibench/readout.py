@@ -45,10 +45,10 @@ def residual_gradient(model, grad_logits: torch.Tensor, scale: torch.Tensor) -> 
     return g - g.mean(-1, keepdim=True) if centre else g
 
 
-def metric_gradient(view, logits: torch.Tensor) -> torch.Tensor:
-    """d metric / d logits at the given (clean) logits."""
+def metric_gradient(metric, logits: torch.Tensor) -> torch.Tensor:
+    """d metric / d logits at the given (clean) logits, for a scalar ``metric(logits)``."""
     logits = logits.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(view.metric(logits), logits)
+    (grad,) = torch.autograd.grad(metric(logits), logits)
     return grad
 
 
@@ -100,3 +100,30 @@ def lens_gains(view, logits_per_depth: list[torch.Tensor]) -> dict[str, float]:
     with torch.no_grad():
         metric = [float(view.metric(lg)) for lg in logits_per_depth]
     return {names.layer_name(l): metric[l + 1] - metric[l] for l in range(len(metric) - 1)}
+
+
+def direct_effects(model, tokens, logit_gradient, nodes=None) -> dict[str, float]:
+    """Each node's direct effect: its write, read through the final norm with the clean run's
+    scale frozen and the unembedding, projected on ``logit_gradient(logits)`` (the direction in
+    logit space that matters, ``[n, seq, d_vocab]``, evaluated at the clean logits of ``tokens``).
+    The one implementation behind DLA, answer-logit attribution and the certificates that check
+    a direct effect. ``nodes`` defaults to every head and MLP."""
+    from mibench import names
+
+    shape = names.Shape.of(model)
+    nodes = names.nodes(shape) if nodes is None else list(nodes)
+    parsed = {n: names.parse_node(n) for n in nodes}
+    hooks = {RESID_FINAL} | {f"blocks.{p.layer}.attn.hook_z" if p.kind == "head" else
+                             f"blocks.{p.layer}.hook_mlp_out" for p in parsed.values()}
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in hooks)
+    direction = residual_gradient(model, logit_gradient(logits), frozen_scale(model, cache[RESID_FINAL]))
+    out = {}
+    with torch.no_grad():
+        for node, p in parsed.items():
+            if p.kind == "head":
+                z = cache[f"blocks.{p.layer}.attn.hook_z"][:, :, p.index]
+                out[node] = float(torch.einsum("bpk,kd,bpd->", z, model.W_O[p.layer, p.index].detach(), direction))
+            else:
+                out[node] = float((cache[f"blocks.{p.layer}.hook_mlp_out"] * direction).sum())
+    return out

@@ -16,9 +16,8 @@ attribution); nostalgebraist 2020 (logit lens); Wang et al. 2022 (IOI).
 """
 import torch
 
-from mibench import names
 from mibench.api import CaseView, Technique, make_scores
-from mibench.readout import RESID_FINAL, frozen_scale, residual_gradient
+from mibench.readout import direct_effects
 
 
 class LogitAttribution(Technique):
@@ -31,24 +30,12 @@ class LogitAttribution(Technique):
     citation = "Elhage et al. 2021; Wang et al. 2022"
 
     def attribute(self, view: CaseView):
-        model, shape, prompts = view.model, view.shape, view.prompts
-        wanted = {RESID_FINAL} | {f"blocks.{l}.attn.hook_z" for l in range(shape.n_layers)}
-        if shape.has_mlp:
-            wanted |= {f"blocks.{l}.hook_mlp_out" for l in range(shape.n_layers)}
-        with torch.no_grad():
-            logits, cache = model.run_with_cache(prompts.clean, names_filter=lambda n: n in wanted)
+        answer = view.prompts.answer
+
+        def answer_logit(logits: torch.Tensor) -> torch.Tensor:
+            """Gradient of the mean final-position answer logit with respect to the logits."""
             onehot = torch.zeros_like(logits)
-            onehot[torch.arange(logits.shape[0]), -1, prompts.answer] = 1.0 / logits.shape[0]
-            scale = frozen_scale(model, cache[RESID_FINAL])
-            direction = residual_gradient(model, onehot, scale)
-        scores = {}
-        with torch.no_grad():
-            for layer in range(shape.n_layers):
-                z = cache[f"blocks.{layer}.attn.hook_z"]
-                per_head = torch.einsum("bphk,hkd,bpd->h", z, model.W_O[layer].detach(), direction)
-                for h in range(shape.n_heads):
-                    scores[names.head(layer, h)] = float(per_head[h])
-                if shape.has_mlp:
-                    out = cache[f"blocks.{layer}.hook_mlp_out"]
-                    scores[names.mlp(layer)] = float((out * direction).sum())
-        return make_scores(scores)
+            onehot[torch.arange(logits.shape[0]), -1, answer] = 1.0 / logits.shape[0]
+            return onehot
+
+        return make_scores(direct_effects(view.model, view.prompts.clean, answer_logit))

@@ -2,10 +2,20 @@
 import pytest
 
 from mibench.cli.main import main
+from mibench.registry import technique_entries
 from mibench.testing import check_technique, parametrize_with_checks
 
+BUILT_IN = sorted(name for name, entry in technique_entries().items() if entry.source.endswith(".py"))
 
-@parametrize_with_checks(["random", "activation_patching", "dla"])
+
+def test_every_issue_adapter_is_registered():
+    assert set(BUILT_IN) >= {
+        "random", "dla", "logit_lens", "tuned_lens", "activation_patching", "causal_tracing",
+        "zero_ablation", "mean_ablation", "resample_ablation", "attribution_patching", "eap_ig",
+        "integrated_gradients", "linear_probe", "composition_scores", "head_detector"}
+
+
+@parametrize_with_checks(BUILT_IN)
 def test_builtin_adapters_conform(technique, check):
     check(technique)
 

@@ -14,7 +14,7 @@ from mibench.circuit import Circuit
 from mibench.models import PlantedModel, ResidualLayout
 from mibench.models.gating import QKTerm, embed_flag, set_qk_terms
 from mibench.models.norms import calibrate_head_gain, offset_vector
-from mibench.readout import RESID_FINAL, frozen_scale, residual_gradient
+from mibench.readout import direct_effects, metric_gradient
 
 BOS, END = 0, 1
 VOCAB = 32
@@ -133,23 +133,10 @@ class TrapLNScale(Case):
     # --- checks -------------------------------------------------------------------------------
 
     def frozen_direct_effects(self, model, prompts: PromptSet, nodes: list[str]) -> dict[str, float]:
-        """Each head's direct effect on the mean metric through the final LayerNorm with the clean
+        """Each node's direct effect on the mean metric through the final LayerNorm with the clean
         scale frozen and the unembedding (what DLA measures)."""
-        layers = sorted({names.node_layer(n) for n in nodes})
-        wanted = {RESID_FINAL} | {f"blocks.{l}.attn.hook_z" for l in layers}
-        with torch.no_grad():
-            logits, cache = model.run_with_cache(prompts.clean, names_filter=lambda n: n in wanted)
-        logits = logits.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(self.metric(logits, prompts).mean(), logits)
-        direction = residual_gradient(model, grad, frozen_scale(model, cache[RESID_FINAL]))
-        out = {}
-        with torch.no_grad():
-            for node in nodes:
-                p = names.parse_node(node)
-                z = cache[f"blocks.{p.layer}.attn.hook_z"][:, :, p.index]
-                out[node] = float(torch.einsum("bpk,kd,bpd->", z, model.W_O[p.layer, p.index].detach(),
-                                               direction))
-        return out
+        mean_metric = lambda logits: self.metric(logits, prompts).mean()  # noqa: E731
+        return direct_effects(model, prompts.clean, lambda logits: metric_gradient(mean_metric, logits), nodes)
 
     def extra_checks(self, instance: Instance, prompts: PromptSet, probe) -> list[Check]:
         """The mechanism: the scale head's frozen-scale direct effect is ~0 next to the mover's, while
