@@ -56,6 +56,13 @@ BK_NAME, BK_INHIBIT, BK_PREDICT, BK_SINK, BK_GAIN = 10.0, 12.0, 2.0, 9.5, 10.0
 #: input: large enough that techniques see non-zero noise on every head, small enough for the
 #: strictness check (no single non-truth head moves the behaviour by more than 5%).
 DISTRACTOR_WRITE = {"junk": 1.0, "out": 16.0, "dup": 0.05, "inhibit": 0.1}
+#: Two of the distractors are weak name copiers, as GPT-2 has many heads that copy names a
+#: little: they attend to every name alike and copy it with these gains (one positive, one
+#: negative). That moves IO − S by about gain/3 (S appears twice), a few percent of the
+#: behaviour: a consistent noise floor that single-node patching must rank the silent backup
+#: against, as in the real model, while staying inside the strictness bound.
+WEAK_COPIER_GAINS = (0.6, -0.5)
+WEAK_COPIER_QK = 4.0
 D_HEAD = 48  # the largest rank is the duplicate-token head's: 20 names + 16 positions + 1
 
 # --- certificate extras (the generic thresholds are in mibench.certificate.THRESHOLDS) ---------
@@ -88,7 +95,7 @@ def _token_roles(seed: int) -> tuple[list[int], list[int]]:
 
 class IOI(Case):
     name = "ioi"
-    version = "1"
+    version = "2"
     tier = "planted"
     granularities = ("node", "edge", "layer")
     citation = ("Wang et al. 2022, Interpretability in the Wild: a Circuit for Indirect Object "
@@ -173,12 +180,17 @@ class IOI(Case):
         set_qk_terms(model, *heads["backup_name_mover"], terms)
         model.set_ov(*heads["backup_name_mover"], tok_names, out_names, gain=BK_GAIN)
 
-        # distractors: every other head, with random attention and small random writes
+        # distractors: every other head, with random attention and small random writes, except
+        # two weak name copiers in layers 2-4
         used = set(heads.values())
-        for layer in range(5):
-            for h in range(4):
-                if (layer, h) in used:
-                    continue
+        free = [(layer, h) for layer in range(5) for h in range(4) if (layer, h) not in used]
+        late = [lh for lh in free if lh[0] >= 2]
+        copiers = [late[i] for i in rng.choice(len(late), size=len(WEAK_COPIER_GAINS), replace=False)]
+        for (layer, h), gain in zip(copiers, WEAK_COPIER_GAINS):
+            set_qk_terms(model, layer, h, [constant_term(layout, "one", "name", WEAK_COPIER_QK)])
+            model.set_ov(layer, h, tok_names, out_names, gain=gain)
+        for layer, h in free:
+            if (layer, h) not in copiers:
                 model.add_distractor_head(layer, h, rng, read_blocks=["tok", "pos", "junk"],
                                           write=DISTRACTOR_WRITE)
         model.rotate(rng)

@@ -16,6 +16,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
+    from mibench.report.figures import head_heatmaps
     from mibench.report.html import render_report
     from mibench.report.markdown import render_leaderboard
     from mibench.results import load_records
@@ -28,5 +29,11 @@ def main(args) -> int:
     md, page = out / "LEADERBOARD.md", out / "report.html"
     md.write_text(render_leaderboard(records, excluded))
     page.write_text(render_report(records, excluded))
-    print(f"wrote {md} and {page} from {len(records)} results ({len(excluded)} excluded)")
+    figures = out / "figures"  # the per-case heat maps as files, for READMEs and papers
+    figures.mkdir(exist_ok=True)
+    for case in sorted({r.case for r in records}):
+        svg = head_heatmaps(records, case)
+        if svg:
+            (figures / f"{case}_heatmap.svg").write_text(svg)
+    print(f"wrote {md}, {page} and {figures}/ from {len(records)} results ({len(excluded)} excluded)")
     return 0

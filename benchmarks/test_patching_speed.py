@@ -1,0 +1,63 @@
+"""Exact head patching: the suite's BaseRun against TransformerLens's patching helper, and how the
+suite's cost grows with depth and prompt count. Prints the figures the README quotes."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from gpt2_shaped import logit_diff, gpt2_shaped, prompts
+from mibench import names
+from mibench.ablation import BaseRun, cache_nodes
+
+RESULTS: dict[str, float] = {}
+
+
+def _suite_head_patching(model, p):
+    """Clean head outputs patched into the corrupted run, one head at a time (TL's direction)."""
+    heads = [n for n in names.nodes(names.Shape.of(model)) if n.startswith("a")]
+    _, clean = cache_nodes(model, p.clean, heads)
+    base = BaseRun(model, p.corrupted, read_positions=[p.clean.shape[1] - 1])
+    out = base.single_metrics(heads, clean, lambda logits: logit_diff(logits, p))
+    return torch.tensor([out[h] for h in heads]).reshape(model.cfg.n_layers, model.cfg.n_heads)
+
+
+@pytest.fixture(scope="module")
+def model_and_prompts():
+    torch.manual_seed(0)
+    return gpt2_shaped(12), prompts()
+
+
+def test_suite_against_transformer_lens(model_and_prompts, benchmark):
+    from transformer_lens.patching import get_act_patch_attn_head_out_all_pos
+
+    model, p = model_and_prompts
+    with torch.no_grad():
+        start = time.perf_counter()
+        _, clean_cache = model.run_with_cache(p.clean)
+        tl = get_act_patch_attn_head_out_all_pos(model, p.corrupted, clean_cache,
+                                                lambda logits: logit_diff(logits, p).mean())
+        tl_s = time.perf_counter() - start
+    ours = benchmark.pedantic(_suite_head_patching, args=(model, p), rounds=1, iterations=1)
+    ours_s = benchmark.stats.stats.mean
+    RESULTS.update(tl_s=tl_s, ours_s=ours_s)
+    diff = (ours - tl).abs().max().item()
+    print(f"\nexact patching of 144 heads, 16 prompts x 20 tokens: TransformerLens {tl_s:.1f}s, "
+          f"mibench {ours_s:.1f}s, speed-up {tl_s / ours_s:.1f}x, max |difference| {diff:.2e}")
+    assert diff <= 1e-4
+    assert tl_s / ours_s >= 3.0
+
+
+@pytest.mark.parametrize("n_layers, n_prompts", [(2, 16), (6, 16), (12, 16), (2, 64), (6, 64), (12, 64)])
+def test_scaling(n_layers, n_prompts, benchmark):
+    torch.manual_seed(0)
+    model, p = gpt2_shaped(n_layers), prompts(n_prompts)
+    with torch.no_grad():
+        start = time.perf_counter()
+        model(p.clean)
+        forward_s = time.perf_counter() - start
+    benchmark.pedantic(_suite_head_patching, args=(model, p), rounds=1, iterations=1)
+    took = benchmark.stats.stats.mean
+    print(f"\nscaling: {n_layers:2d} layers x {n_prompts:2d} prompts: exact patching of "
+          f"{12 * n_layers} heads {took:6.1f}s = {took / forward_s:5.1f} forward passes")
