@@ -118,28 +118,29 @@ def run_with_values(model, tokens: torch.Tensor, values: dict[str, torch.Tensor]
 class BaseRun:
     """The unpatched forward of ``tokens``, cached at every block's input so that patched runs can
     start at the first block they change. ``read_positions`` (optional) restricts the unembedding
-    to the positions a metric reads; the logits then have only those positions, in that order."""
+    to the positions a metric reads; the logits then have only those positions, in that order.
+
+    On the suite's native pre-LN blocks two more savings apply, both computing exactly what the
+    block itself computes: a batch that patches only heads of block ``l`` starts from the cached
+    head outputs ``z`` of that block (the patched ``z`` goes through the block's own output
+    projection, skipping its attention), and when only some positions are read the last block's
+    MLP runs at those positions only."""
 
     def __init__(self, model, tokens: torch.Tensor, positions: dict[str, torch.Tensor] | None = None,
                  read_positions: Sequence[int] | None = None) -> None:
         self.model, self.tokens, self.positions = model, tokens, positions
         self.read_positions = list(read_positions) if read_positions is not None else None
         self.n_layers = model.cfg.n_layers
+        self.native = all(type(b.original_component).__name__ == "NativeBlock" for b in model.blocks) \
+            and not getattr(model.cfg, "parallel_attn_mlp", False)
         # resid[l] enters block l; resid[n_layers] is the final residual stream
         hooks = [f"blocks.{layer}.hook_resid_pre" for layer in range(self.n_layers)] + ["ln_final.hook_in"]
+        z_hooks = [f"blocks.{layer}.attn.hook_z" for layer in range(self.n_layers)] if self.native else []
         with torch.no_grad():
-            logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in hooks)
+            logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in hooks + z_hooks)
         self.resid = [cache[h] for h in hooks]
-        self.logits = self._read(logits)
-
-    def _read(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits if self.read_positions is None else logits[:, self.read_positions]
-
-    def _finish(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.model.ln_final(x)
-        if self.read_positions is not None:
-            x = x[:, self.read_positions]
-        return self.model.unembed(x)
+        self.z = [cache[h].flatten(-2) for h in z_hooks]  # [n, seq, n_heads * d_head], as o reads it
+        self.logits = logits if self.read_positions is None else logits[:, self.read_positions]
 
     def _start(self, names_: Iterable[str]) -> int:
         return min((hook_site(n, self.n_layers).layer for n in names_), default=self.n_layers)
@@ -148,6 +149,9 @@ class BaseRun:
         """Logits with ``values`` patched in (all at once), rerunning only the blocks they change."""
         return self.run_batched([values])[0]
 
+    def _mlp(self, block, x: torch.Tensor) -> torch.Tensor:
+        return x if self.model.cfg.attn_only else x + block.mlp(block.ln2(x))
+
     def run_batched(self, patches: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
         """Logits for several independent patch sets, stacked into one pass from the earliest
         block any of them changes (one copy of the prompts per patch set)."""
@@ -155,18 +159,35 @@ class BaseRun:
             return []
         if not any(patches):
             return [self.logits for _ in patches]
-        n = self.tokens.shape[0]
-        start = self._start(name for patch in patches for name in patch)
+        n, k = self.tokens.shape[0], len(patches)
+        sites = [hook_site(name, self.n_layers) for patch in patches for name in patch]
+        start = min(site.layer for site in sites)
+        last = self.n_layers - 1
+        heads_only = self.native and all(s.layer == start and s.hook.endswith("attn.hook_z") for s in sites)
+        trim_last = self.native and self.read_positions is not None and \
+            all(s.layer < last for s in sites) and (start < last or not heads_only)
         hooks = _hooks([(name, value, slice(i * n, (i + 1) * n))
                         for i, patch in enumerate(patches) for name, value in patch.items()],
                        self.n_layers, self.positions)
         with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
-            x = self.resid[start].repeat(len(patches), 1, 1)
-            for block in self.model.blocks[start:]:
-                x = block(x)
+            x = self.resid[start].repeat(k, 1, 1)
+            first = start
+            if heads_only:  # block `start` from its cached z: output projection (patched), MLP
+                block = self.model.blocks[start].original_component
+                x = self._mlp(block, x + block.attn.o(self.z[start].repeat(k, 1, 1)))
+                first = start + 1
+            for layer in range(first, self.n_layers):
+                if layer == last and trim_last:
+                    block = self.model.blocks[layer].original_component
+                    mid = x + block.attn(block.ln1(x))[0]
+                    x = self._mlp(block, mid[:, self.read_positions])
+                    return list(self.model.unembed(self.model.ln_final(x)).split(n))
+                x = self.model.blocks[layer](x)
                 x = x[0] if isinstance(x, tuple) else x
-            logits = self._finish(x)
-        return list(logits.split(n))
+            x = self.model.ln_final(x)
+            if self.read_positions is not None:
+                x = x[:, self.read_positions]
+            return list(self.model.unembed(x).split(n))
 
     def single_metrics(self, nodes: Iterable[str], values: dict[str, torch.Tensor],
                        metric: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:

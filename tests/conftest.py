@@ -20,3 +20,20 @@ def prepared(case_name: str, seed: int):
 @pytest.fixture
 def fixture_technique():
     return lambda name: str(FIXTURES / "techniques" / f"{name}.py")
+
+
+def certify_instance(case, instance):
+    """The certificate of an (edited) instance, exactly as the runner computes it."""
+    from mibench.ablation import Ablator
+    from mibench.certificate import certify
+
+    prompts = case.prompts(case.n_prompts, instance.seed, "test")
+    ablator = Ablator(instance.model, prompts, lambda logits: case.metric(logits, prompts), seed=instance.seed)
+    return certify(case, instance, prompts, ablator)
+
+
+def failed_checks(cert) -> set[str]:
+    """Names of the failed checks without their component suffix (``necessity a1.h2`` -> ``necessity``)."""
+    import re
+
+    return {" ".join(w for w in c.name.split() if not re.match(r"^[am]\d", w)) for c in cert.failed()}

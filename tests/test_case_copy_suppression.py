@@ -2,15 +2,14 @@
 checks is removed from the planted weights."""
 from __future__ import annotations
 
-import re
 import time
 
 import numpy as np
 import pytest
 
-from mibench.ablation import Ablator
+from conftest import certify_instance, failed_checks
+
 from mibench.api import Instance
-from mibench.certificate import certify
 from mibench.registry import load_case
 from mibench.runner import prepare
 
@@ -23,18 +22,10 @@ def case():
 
 
 def _certify(case, model, placement, seed):
-    """Certificate of a (possibly edited) planted model, exactly as the runner computes it."""
     from ground_truth.copy_suppression.case import CIRCUIT  # noqa: PLC0415 - loaded via registry too
 
-    instance = Instance(model=model.to_bridge(), truth=CIRCUIT.truth(placement), seed=seed)
-    prompts = case.prompts(case.n_prompts, seed, "test")
-    ablator = Ablator(instance.model, prompts, lambda logits: case.metric(logits, prompts), seed=seed)
-    return certify(case, instance, prompts, ablator)
-
-
-def _failed(cert) -> set[str]:
-    """Names of the failed checks without their node suffix (``necessity a1.h2`` -> ``necessity``)."""
-    return {" ".join(w for w in c.name.split() if not re.match(r"^[am]\d", w)) for c in cert.failed()}
+    truth = CIRCUIT.truth(placement)
+    return certify_instance(case, Instance(model=model.to_bridge(), truth=truth, seed=seed))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -78,7 +69,7 @@ def test_zeroing_suppressor_ov_fails(case):
     layer, head = 1, int(placement["copy_suppression"][0].split(".h")[1])
     model.W_O[layer, head] = 0.0
     cert = _certify(case, model, placement, 0)
-    failed = _failed(cert)
+    failed = failed_checks(cert)
     assert not cert.passed
     assert {"suppression write", "suppression direct effect", "necessity"} <= failed, cert.reason()
 
@@ -89,7 +80,7 @@ def test_suppressor_without_copy_matching_fails(case):
     head = int(placement["copy_suppression"][0].split(".h")[1])
     model.W_K[1, head] = 0.0
     cert = _certify(case, model, placement, 0)
-    failed = _failed(cert)
+    failed = failed_checks(cert)
     assert "suppression attention" in failed, cert.reason()
     assert not cert.passed
 

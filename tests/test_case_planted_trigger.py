@@ -3,17 +3,17 @@ checks is removed from the planted weights (or the decoy is made to trigger)."""
 from __future__ import annotations
 
 import dataclasses
-import re
 import sys
 import time
 
 import numpy as np
 import pytest
 
+from conftest import certify_instance, failed_checks
+
 from mibench import names
 from mibench.ablation import Ablator
 from mibench.api import Instance
-from mibench.certificate import certify
 from mibench.registry import load_case
 from mibench.runner import prepare
 
@@ -30,17 +30,8 @@ def _module(case):
 
 
 def _certify(case, model, placement, neurons, seed):
-    """Certificate of a (possibly edited) planted model, exactly as the runner computes it."""
     truth = _module(case).CIRCUIT.truth(placement, neurons=neurons)
-    instance = Instance(model=model.to_bridge(), truth=truth, seed=seed)
-    prompts = case.prompts(case.n_prompts, seed, "test")
-    ablator = Ablator(instance.model, prompts, lambda logits: case.metric(logits, prompts), seed=seed)
-    return certify(case, instance, prompts, ablator)
-
-
-def _failed(cert) -> set[str]:
-    """Names of the failed checks without their node suffix (``necessity m1`` -> ``necessity``)."""
-    return {" ".join(w for w in c.name.split() if not re.match(r"^[am]\d", w)) for c in cert.failed()}
+    return certify_instance(case, Instance(model=model.to_bridge(), truth=truth, seed=seed))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -116,14 +107,14 @@ def test_zeroing_trigger_neuron_outputs_fails(case):
         model.W_out[1][names.parse_node(n).index] = 0.0
     cert = _certify(case, model, placement, neurons, 0)
     assert not cert.passed
-    assert {"necessity", "neuron necessity"} <= _failed(cert), cert.reason()
+    assert {"necessity", "neuron necessity"} <= failed_checks(cert), cert.reason()
 
 
 def test_decoy_that_triggers_fails_specificity(case, monkeypatch):
     monkeypatch.setattr(_module(case), "DECOY_SHARE", 1.0)
     model, placement, neurons = case.planted(0)
     cert = _certify(case, model, placement, neurons, 0)
-    assert "specificity" in _failed(cert), cert.reason()
+    assert "specificity" in failed_checks(cert), cert.reason()
 
 
 def test_wrong_neuron_truth_fails_neuron_checks(case):

@@ -89,3 +89,14 @@ def test_verify_prints_certificates():
     code, out, _ = _cli("verify", "--case", "induction", "--seeds", "0")
     assert code == 0
     assert "induction seed 0: PASS" in out and "necessity" in out and ">= 0.9" in out
+
+
+def test_case_patterns():
+    from mibench.api import MibenchError
+    from mibench.cli.common import case_names
+
+    traps = case_names("trap_*")
+    assert len(traps) == 7 and all(t.startswith("trap_") for t in traps)
+    assert case_names("induction,trap_b*") == ["induction", "trap_backup", "trap_bias_component"]
+    with pytest.raises(MibenchError, match="no case matches 'nope_\\*'"):
+        case_names("nope_*")

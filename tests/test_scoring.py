@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mibench import scoring
 from mibench.api import Truth
 from mibench.scoring import (aggregate, auroc, average_precision, failures, faithfulness,
                              precision_recall_f1_at_k, rank_for_scoring, recall_by_role, score_run)

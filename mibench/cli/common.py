@@ -1,6 +1,8 @@
 """Argument parsing shared by subcommands: seed ranges and comma-separated name lists."""
 from __future__ import annotations
 
+import fnmatch
+
 from mibench.api import MibenchError, split_label
 from mibench.names import GRANULARITIES
 from mibench.registry import case_entries, technique_entries, unknown_name_error
@@ -32,13 +34,21 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def case_names(text: str | None) -> list[str]:
+    """Case names, comma-separated; ``all``; shell-style patterns such as ``trap_*``."""
     available = list(case_entries())
     if text in (None, "all"):
         return sorted(available)
-    chosen = [n.strip() for n in text.split(",") if n.strip()]
-    for name in chosen:
-        if name not in available:
+    chosen: list[str] = []
+    for name in (n.strip() for n in text.split(",") if n.strip()):
+        if any(c in name for c in "*?["):
+            matches = sorted(fnmatch.filter(available, name))
+            if not matches:
+                raise MibenchError(f"no case matches {name!r}. Available: {', '.join(sorted(available))}")
+            chosen += [m for m in matches if m not in chosen]
+        elif name not in available:
             raise unknown_name_error("case", name, available)
+        elif name not in chosen:
+            chosen.append(name)
     return chosen
 
 

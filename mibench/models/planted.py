@@ -165,7 +165,7 @@ class PlantedModel:
         bridge = TransformerBridge.boot_native(cfg)
         native = bridge.original_model
         t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
-        L, H, dh, d = self.n_layers, self.n_heads, self.d_head, self.layout.d_model
+        H, dh, d = self.n_heads, self.d_head, self.layout.d_model
         with torch.no_grad():
             for p in native.parameters():
                 p.zero_()
