@@ -302,7 +302,8 @@ def validate_scores(scores: Any, expected: list[str], technique: str) -> "pd.Ser
     if scores.index.has_duplicates:
         dup = list(scores.index[scores.index.duplicated()][:3])
         raise ScoresError(f"technique {technique!r} scored some components twice: {dup}")
-    unknown = [c for c in scores.index if c not in set(expected)]
+    expected_set = set(expected)
+    unknown = [c for c in scores.index if c not in expected_set]
     if unknown:
         raise ScoresError(f"technique {technique!r} returned unknown component names {unknown[:3]}"
                           f" ({len(unknown)} in all); expected names like {expected[:3]}")

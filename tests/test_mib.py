@@ -1,5 +1,5 @@
 """MIB interoperability on a real, externally produced file: MIB's published EAP-IG circuit for
-IOI on GPT-2 small (../shared/fixtures/mib, Apache-2.0)."""
+IOI on GPT-2 small (tests/fixtures/mib, Apache-2.0; see SOURCE.md there)."""
 from pathlib import Path
 
 import pytest
@@ -9,7 +9,7 @@ from mibench.api import MibenchError, validate_scores
 from mibench.mib import read_graph, write_graph
 from mibench.scoring import auroc, precision_recall_f1_at_k
 
-FIXTURE = Path(__file__).parents[2] / "shared" / "fixtures" / "mib" / "ioi-eap-ig.json"
+FIXTURE = Path(__file__).parent / "fixtures" / "mib" / "ioi-eap-ig.json"
 
 
 @pytest.fixture(scope="module")
