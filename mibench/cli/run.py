@@ -49,7 +49,7 @@ def main(args) -> int:
                  _fmt(r.metrics.get("faithfulness")), f"{r.runtime_s:.2f}",
                  f"{r.forward_passes:g}+{r.backward_passes:g}"] for r in records]
         print(tabulate(rows, headers=["technique", "case", "seed", "status", "AUROC", "AP", "F1@k",
-                                      "faithful.", "time s", "passes f+b"]))
+                                      "faithful.", "time s", "passes f+b"], disable_numparse=True))
         for r in records:
             if r.status != "ok":
                 print(f"{r.technique} on {r.case} seed {r.seed}: {r.status}: {r.error}")
