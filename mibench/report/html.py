@@ -3,6 +3,7 @@ each technique lit up and what it missed. A pure function of the result records.
 from __future__ import annotations
 
 import html
+import re
 
 from mibench.report import figures, markdown
 from mibench.report import summary as S
@@ -21,6 +22,11 @@ nav a{margin-right:1em}
 
 def _esc(value) -> str:
     return html.escape(str(value))
+
+
+def _prose(text: str) -> str:
+    """Escape Markdown-ish prose and turn its `code` spans into <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", _esc(text))
 
 
 def _table(headers: list[str], rows: list[list], raw_cols: set[int] = frozenset()) -> str:
@@ -84,7 +90,7 @@ def _failures(records, case: str) -> str:
 def render_report(records: list[RunRecord], excluded: list[Excluded]) -> str:
     records = sorted(records, key=lambda r: (r.case, r.technique, r.seed))
     cases = sorted({r.case for r in records})
-    parts = [f"<h1>mibench report</h1><p class='note'>{_esc(markdown.INTRO)}</p>",
+    parts = [f"<h1>mibench report</h1><p class='note'>{_prose(markdown.INTRO)}</p>",
              "<nav>" + "".join(f'<a href="#case-{_esc(c)}">{_esc(c)}</a>' for c in cases) + "</nav>",
              "<h2>Overall</h2>", _overall(records),
              _figure(figures.cost_quality(records), "Each point is a technique: mean runtime per run "
