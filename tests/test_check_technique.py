@@ -38,3 +38,9 @@ def test_cli_prints_counts(capsys, fixture_technique):
     out = capsys.readouterr().out
     assert "dla: 7 passed, 0 failed, 0 skipped" in out
     assert main(["check-technique", fixture_technique("raises")]) == 1
+
+
+def test_cli_unknown_name_is_a_one_line_error(capsys):
+    assert main(["check-technique", "dlaa"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Unknown technique 'dlaa'. Did you mean 'dla'" in err and len(err.splitlines()) == 1

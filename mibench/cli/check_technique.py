@@ -9,7 +9,9 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
+    from mibench.cli.common import technique_names
     from mibench.testing import check_technique
 
+    technique_names(args.technique)  # an unknown name is a one-line error, not a failed report
     report = check_technique(args.technique, verbose=True)
     return 0 if report.ok else 1
