@@ -209,14 +209,6 @@ class BaseRun:
         return {node: out[node] for node in nodes}
 
 
-def single_node_metrics(model, tokens: torch.Tensor, values: dict[str, torch.Tensor],
-                        metric: Callable[[torch.Tensor], torch.Tensor], nodes: Iterable[str],
-                        positions: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
-    """The scalar metric after replacing one node (or site) at a time by ``values[node]``: the
-    inner loop of activation patching, single-node ablations and certificates."""
-    return BaseRun(model, tokens, positions).single_metrics(nodes, values, metric)
-
-
 def ablation_effects(model, prompts, nodes: Iterable[str], how: str,
                      metric: Callable[[torch.Tensor], torch.Tensor], seed: int = 0) -> dict[str, float]:
     """For each node, clean metric minus the metric with that node's output replaced (``how`` as
@@ -301,7 +293,3 @@ class Ablator:
         if abs(span) < 1e-9:
             return float("nan")
         return (value - self.empty) / span
-
-    def single_node_metrics(self, nodes: Iterable[str], values: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Metric after replacing one node at a time by ``values[node]``."""
-        return self.base.single_metrics(nodes, values, self.metric)

@@ -200,9 +200,6 @@ class Case(ABC):
         """Role-specific certificate checks (``mibench.certificate.Check``); none by default."""
         return []
 
-    def position_labels(self) -> list[str]:
-        return list(self.prompts(2, 0, "train").positions)
-
 
 # --- what a technique sees --------------------------------------------------------------------
 
