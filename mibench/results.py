@@ -52,11 +52,14 @@ class RunRecord:
         """The flat view printed by ``mibench run --json``."""
         out = {key: getattr(self, key, None) for key in ("technique", "case", "seed", "granularity",
                                                          "status", "runtime_s", "error")}
-        for key in ("auroc", "ap", "precision_at_k", "recall_at_k", "f1_at_k", "faithfulness"):
+        for key in ("auroc", "ap", "precision_at_k", "recall_at_k", "f1_at_k", "faithfulness",
+                    "faithfulness_counterfactual", "answer_layer_error", "fooled"):
             out[key] = self.metrics.get(key)
         out["forward_passes"] = self.forward_passes
         out["backward_passes"] = self.backward_passes
-        return {key: out[key] for key in (*JSON_KEYS, "forward_passes", "backward_passes")}
+        extra = ("faithfulness_counterfactual", "answer_layer_error", "fooled", "forward_passes",
+                 "backward_passes")
+        return {key: out[key] for key in (*JSON_KEYS, *extra)}
 
     def to_json(self) -> dict[str, Any]:
         return _clean(asdict(self))

@@ -38,6 +38,7 @@ class Prepared:
     prompts: PromptSet
     train_prompts: PromptSet
     ablator: Ablator
+    counterfactual: Ablator  # for the counterfactual faithfulness score
     certificate: Certificate
     weights: list[torch.Tensor]  # the planted weights, to check and restore after each technique
 
@@ -46,9 +47,12 @@ def prepare(case: Case, seed: int) -> Prepared:
     instance = case.build(seed)
     prompts = case.prompts(case.n_prompts, seed, "test")
     train = case.prompts(N_TRAIN_PROMPTS, seed, "train")
-    ablator = Ablator(instance.model, prompts, lambda logits: case.metric(logits, prompts), seed=seed)
+    metric = lambda logits: case.metric(logits, prompts)  # noqa: E731
+    ablator = Ablator(instance.model, prompts, metric, seed=seed)
+    counterfactual = Ablator(instance.model, prompts, metric, seed=seed, how="corrupted")
     weights = [p.detach().clone() for p in instance.model.parameters()]
-    return Prepared(case, instance, prompts, train, ablator, certify(case, instance, prompts, ablator), weights)
+    return Prepared(case, instance, prompts, train, ablator, counterfactual,
+                    certify(case, instance, prompts, ablator), weights)
 
 
 def _reset(model, weights: list[torch.Tensor]) -> bool:
@@ -119,9 +123,10 @@ def run_one(technique: Technique, prep: Prepared, granularity: str | None = None
 
     record.scores = {k: float(v) for k, v in scores.items()}
     record.truth_labels = instance.truth.labels(granularity)
-    ablator = prep.ablator if granularity == "node" else None
-    record.metrics = score_run(scores, instance.truth, granularity, technique.signed, ablator,
-                               trap=case.tier == "trap")
+    node_level = granularity == "node"
+    record.metrics = score_run(scores, instance.truth, granularity, technique.signed,
+                               prep.ablator if node_level else None, trap=case.tier == "trap",
+                               counterfactual=prep.counterfactual if node_level else None)
     return record
 
 

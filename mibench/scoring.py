@@ -250,8 +250,9 @@ def faithfulness(scores: pd.Series, ablator: "Ablator", k: int) -> dict[str, Any
 
     For each fraction f in :data:`FAITHFULNESS_FRACTIONS` keep the top ``round(f·k)`` nodes (half
     rounds up; at least 1, at most all nodes; ties broken by series order after a stable sort on
-    descending score), resample-ablate every other node, and read ``ablator.normalized`` of the
-    metric: (m(C) − m(∅)) / (m(full) − m(∅)). Returns ``{"faithfulness": mean over fractions,
+    descending score), ablate every other node with the ablator's ablation (resample for the
+    main score; patching from the corrupted run for the counterfactual one), and read
+    ``ablator.normalized`` of the metric: (m(C) − m(∅)) / (m(full) − m(∅)). Returns ``{"faithfulness": mean over fractions,
     "curve": [{"fraction", "n_kept", "recovered"}, ...]}``; NaN recovered values (a case whose
     full and empty metrics coincide) make the mean NaN.
     """
@@ -280,7 +281,8 @@ def _nan_to_none(x: float) -> float | None:
 
 
 def score_run(scores: pd.Series, truth: "Truth", granularity: str, signed: bool,
-              ablator: "Ablator | None" = None, trap: bool = False) -> dict[str, Any]:
+              ablator: "Ablator | None" = None, trap: bool = False,
+              counterfactual: "Ablator | None" = None) -> dict[str, Any]:
     """All metrics of one (technique, case, seed) at one granularity, as a flat JSON-ready dict.
 
     The truth set is ``truth.labels(granularity)``; k is its size. Signed scores are ranked by
@@ -290,6 +292,11 @@ def score_run(scores: pd.Series, truth: "Truth", granularity: str, signed: bool,
     granularity (|index of the top-scored layer − truth.answer_layer|, the lowest layer winning a
     tie; None when the truth has no answer layer). Metrics that are undefined (for example AUROC
     when every component is in the truth set) are None.
+
+    With a ``counterfactual`` ablator (nodes replaced by their output on the corrupted prompts,
+    MIB's counterfactual ablation) also ``faithfulness_counterfactual`` and its curve: it sees
+    components whose output is the same on every clean prompt (a LayerNorm-scale or bias-like
+    component), which resample ablation cannot remove.
 
     On a trap case (``trap=True``) also ``fooled`` and ``fooled_reason``: the technique is fooled
     when its top k is not exactly the truth set (a truth component missed, a distractor ranked in)
@@ -318,11 +325,11 @@ def score_run(scores: pd.Series, truth: "Truth", granularity: str, signed: bool,
         "faithfulness": None,
         "faithfulness_curve": None,
     }
-    if granularity == "node" and ablator is not None:
-        faith = faithfulness(ranked, ablator, k)
-        out["faithfulness"] = _nan_to_none(faith["faithfulness"])
-        out["faithfulness_curve"] = [{**c, "recovered": _nan_to_none(c["recovered"])}
-                                     for c in faith["curve"]]
+    for key, abl in (("faithfulness", ablator), ("faithfulness_counterfactual", counterfactual)):
+        if granularity == "node" and abl is not None:
+            faith = faithfulness(ranked, abl, k)
+            out[key] = _nan_to_none(faith["faithfulness"])
+            out[f"{key}_curve"] = [{**c, "recovered": _nan_to_none(c["recovered"])} for c in faith["curve"]]
     if granularity == "layer":
         if truth.answer_layer is None:
             out["answer_layer_error"] = None

@@ -324,3 +324,26 @@ def test_module_does_not_import_sklearn():
     code = "import sys, mibench.scoring; print('sklearn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_counterfactual_faithfulness_sees_a_constant_component():
+    """trap_ln_scale's scale head writes the same vector on every clean prompt: resample
+    ablation cannot remove it, counterfactual patching can. A ranking that leaves it out looks
+    perfectly faithful under resample ablation and is exposed by the counterfactual score."""
+    from conftest import prepared
+
+    prep = prepared("trap_ln_scale", 0)
+    truth = prep.instance.truth
+    (mover,) = [n for n, r in truth.nodes.items() if r == "answer_mover"]
+    nodes = prep.ablator.all_nodes
+    scores = pd.Series({n: (1.0 if n == mover else 0.0) for n in nodes})  # misses the scale head
+    out = score_run(scores, truth, "node", signed=False, ablator=prep.ablator,
+                    counterfactual=prep.counterfactual)
+    assert out["faithfulness"] > 0.9
+    assert out["faithfulness_counterfactual"] < out["faithfulness"] - 0.3
+    perfect = pd.Series({n: (1.0 if n in truth.nodes else 0.0) for n in nodes})
+    best = score_run(perfect, truth, "node", signed=False, ablator=prep.ablator,
+                     counterfactual=prep.counterfactual)
+    at_k = {r["fraction"]: r["recovered"] for r in best["faithfulness_counterfactual_curve"]}
+    missing = {r["fraction"]: r["recovered"] for r in out["faithfulness_counterfactual_curve"]}
+    assert at_k[1.0] > 0.9 and missing[1.0] < 0.3  # keeping k = 2 nodes: the truth vs mover + a distractor

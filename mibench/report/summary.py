@@ -12,7 +12,8 @@ import pandas as pd
 from mibench.results import RunRecord
 from mibench.scoring import aggregate
 
-METRICS = (("auroc", "AUROC"), ("ap", "AP"), ("f1_at_k", "F1@k"), ("faithfulness", "faithfulness"))
+METRICS = (("auroc", "AUROC"), ("ap", "AP"), ("f1_at_k", "F1@k"), ("faithfulness", "faithfulness"),
+           ("faithfulness_counterfactual", "faithful. (cf)"))
 
 #: technique pairs whose agreement the literature discusses; shown in the agreement table
 FEATURED_PAIRS = (("activation_patching", "attribution_patching"),
