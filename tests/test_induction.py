@@ -8,7 +8,7 @@ import torch
 from conftest import prepared
 from mibench.ablation import Ablator
 from mibench.certificate import certify
-from mibench.registry import load_technique
+from mibench.registry import load_case, load_technique
 from mibench.runner import run_one
 
 SEEDS = range(5)
@@ -75,5 +75,4 @@ def test_random_baseline_is_near_chance():
 def test_runs_are_deterministic():
     for technique in ("activation_patching", "dla", "random"):
         assert _run(technique, 2).scores == _run(technique, 2).scores
-    assert prepared("induction", 3).instance.truth.digest() == \
-        __import__("mibench.registry", fromlist=["x"]).load_case("induction").build(3).truth.digest()
+    assert prepared("induction", 3).instance.truth.digest() == load_case("induction").build(3).truth.digest()
