@@ -8,7 +8,7 @@ import torch
 
 from gpt2_shaped import GPT2Shaped
 from mibench.api import CaseView
-from mibench.passes import PassCounter
+from mibench.model.passes import PassCounter
 from mibench.registry import load_technique
 
 

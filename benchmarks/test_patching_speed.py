@@ -1,5 +1,7 @@
-"""Exact head patching: the suite's BaseRun against TransformerLens's patching helper, and how the
-suite's cost grows with depth and prompt count. Prints the figures the README quotes."""
+"""Exact head patching: the suite's production entry point (``ablation_effects`` with the case's
+task metric, exactly what the activation-patching adapter calls in the runner) against
+TransformerLens's patching helper, and how the suite's cost grows with depth and prompt count.
+Prints the figures the README quotes."""
 from __future__ import annotations
 
 import time
@@ -7,20 +9,25 @@ import time
 import pytest
 import torch
 
-from gpt2_shaped import logit_diff, gpt2_shaped, prompts
+from gpt2_shaped import GPT2Shaped, gpt2_shaped, logit_diff, prompts
 from mibench import names
-from mibench.ablation import BaseRun, cache_nodes
+from mibench.api import PromptSet
+from mibench.model.ablation import ablation_effects
 
 RESULTS: dict[str, float] = {}
 
 
 def _suite_head_patching(model, p):
-    """Clean head outputs patched into the corrupted run, one head at a time (TL's direction)."""
+    """Clean head outputs patched into the corrupted run, one head at a time (TL's direction),
+    through the runner's own path: ``ablation_effects`` patches the prompt set's corrupted values
+    into its clean run, so the set is passed with clean and corrupted swapped."""
     heads = [n for n in names.nodes(names.Shape.of(model)) if n.startswith("a")]
-    _, clean = cache_nodes(model, p.clean, heads)
-    base = BaseRun(model, p.corrupted, read_positions=[p.clean.shape[1] - 1])
-    out = base.single_metrics(heads, clean, lambda logits: logit_diff(logits, p))
-    return torch.tensor([out[h] for h in heads]).reshape(model.cfg.n_layers, model.cfg.n_heads)
+    swapped = PromptSet(p.corrupted, p.clean, p.answer, p.wrong, p.positions)
+    metric = GPT2Shaped().task_metric(swapped)  # declares the final position: the trimmed path
+    effects = ablation_effects(model, swapped, heads, "corrupted", metric)
+    with torch.no_grad():
+        unpatched = float(metric(model(swapped.clean)))
+    return torch.tensor([unpatched - effects[h] for h in heads]).reshape(model.cfg.n_layers, model.cfg.n_heads)
 
 
 @pytest.fixture(scope="module")

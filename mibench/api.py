@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import torch
 
+    from mibench.circuit import Circuit
+
 TIERS = ("planted", "trap", "literature")
 
 
@@ -31,6 +33,13 @@ class ScoresError(MibenchError):
 
 
 # --- truth ------------------------------------------------------------------------------------
+
+def granularities_labelled(edges, neurons, sites, direct) -> tuple[str, ...]:
+    """The granularities a circuit has truth at: always nodes; edges, neurons and sites where it
+    labels some; layers where some node has a direct effect (the truth set is their layers)."""
+    present = {"edge": edges, "neuron": neurons, "site": sites, "layer": direct}
+    return ("node", *(g for g, labels in present.items() if labels))
+
 
 @dataclass(frozen=True)
 class Truth:
@@ -61,17 +70,8 @@ class Truth:
             for name in site_set:
                 names.parse_site(name)
 
-    def granularities(self) -> list[str]:
-        out = ["node"]
-        if self.edges:
-            out.append("edge")
-        if self.neurons:
-            out.append("neuron")
-        if self.sites:
-            out.append("site")
-        if self.direct:
-            out.append("layer")
-        return out
+    def granularities(self) -> tuple[str, ...]:
+        return granularities_labelled(self.edges, self.neurons, self.sites, self.direct)
 
     def labels(self, granularity: str) -> dict[str, str]:
         """The truth set at a granularity, each member with its role (or kind)."""
@@ -158,11 +158,17 @@ class Instance:
 
 
 class Case(ABC):
-    """A known circuit. Subclasses set the metadata and implement build, prompts and metric."""
+    """A known circuit. Subclasses set the metadata and implement build, prompts and metric.
+
+    A case states its circuit once, in ``circuit`` (its ``circuit.yaml``): ``granularities`` (the
+    granularities it has truth at) and ``citation`` (the first of the file's citations) are read
+    from it when the subclass is defined, and the certificate checks each built instance against it.
+    """
 
     name: ClassVar[str]
     version: ClassVar[str] = "1"
     tier: ClassVar[str] = "planted"
+    circuit: ClassVar["Circuit | None"] = None
     granularities: ClassVar[tuple[str, ...]] = ("node",)
     citation: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -170,6 +176,13 @@ class Case(ABC):
     #: backup head that is silent until the main head is ablated). Their own check replaces it.
     necessity_exempt: ClassVar[dict[str, str]] = {}
     n_prompts: ClassVar[int] = 64
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        circuit = cls.__dict__.get("circuit")
+        if circuit is not None:
+            cls.granularities = circuit.granularities()
+            cls.citation = circuit.citations[0] if circuit.citations else ""
 
     @abstractmethod
     def build(self, seed: int) -> Instance:
@@ -179,9 +192,15 @@ class Case(ABC):
     def prompts(self, n: int, seed: int, split: str = "test") -> PromptSet:
         """``n`` clean/corrupted prompt pairs; ``split`` is ``train`` or ``test`` (disjoint streams)."""
 
+    def metric_positions(self, prompts: PromptSet) -> list[int]:
+        """The logit positions the metric and accuracy read, ascending. Patching code unembeds only
+        these positions; :meth:`metric` and :meth:`accuracy` receive the logits at them, in this
+        order (``[n, len(positions), vocab]``). Default: the final position."""
+        return [int(prompts.clean.shape[1]) - 1]
+
     def metric(self, logits: "torch.Tensor", prompts: PromptSet) -> "torch.Tensor":
-        """Per-prompt metric ``[n]``; the task metric is its mean. Default: logit difference
-        answer − wrong at the final position."""
+        """Per-prompt metric ``[n]`` from the logits at :meth:`metric_positions`; the task metric is
+        its mean. Default: logit difference answer − wrong at the final position."""
         import torch
 
         final = logits[:, -1, :]
@@ -189,16 +208,69 @@ class Case(ABC):
         return final[idx, prompts.answer] - final[idx, prompts.wrong]
 
     def accuracy(self, logits: "torch.Tensor", prompts: PromptSet) -> float:
-        """Task accuracy: share of prompts whose answer logit beats the wrong logit at the end."""
+        """Task accuracy from the logits at :meth:`metric_positions`: share of prompts whose answer
+        logit beats the wrong logit at the end."""
         import torch
 
         final = logits[:, -1, :]
         idx = torch.arange(final.shape[0])
         return float((final[idx, prompts.answer] > final[idx, prompts.wrong]).float().mean())
 
+    def task_metric(self, prompts: PromptSet) -> "TaskMetric":
+        """The metric bound to ``prompts``, as techniques, certificates and scoring call it."""
+        return TaskMetric(self.metric, self.accuracy, self.metric_positions, prompts)
+
     def extra_checks(self, instance: Instance, prompts: PromptSet, probe: Any) -> list[Any]:
         """Role-specific certificate checks (``mibench.certificate.Check``); none by default."""
         return []
+
+
+# --- the task metric --------------------------------------------------------------------------
+
+class TaskMetric:
+    """A case's metric bound to a prompt set.
+
+    ``metric(logits)`` is the task metric, the mean over prompts (differentiable);
+    ``metric.per_prompt(logits)`` the ``[n]`` values; ``metric.accuracy(logits)`` the task accuracy.
+    Each accepts the full logits ``[n, seq, vocab]`` or only those at ``metric.positions`` (what
+    :class:`mibench.model.ablation.BaseRun` returns when asked to unembed only the positions the
+    metric reads); pass ``prompts`` to evaluate on another prompt set of the same case.
+    """
+
+    def __init__(self, per_prompt, accuracy, positions_of, prompts: PromptSet) -> None:
+        self._per_prompt, self._accuracy, self._positions_of = per_prompt, accuracy, positions_of
+        self.prompts = prompts
+        self.positions = self._checked_positions(prompts)
+
+    def _checked_positions(self, prompts: PromptSet) -> list[int]:
+        positions = [int(p) for p in self._positions_of(prompts)]
+        if not positions or positions != sorted(set(positions)):
+            raise ValueError(f"metric positions must be distinct and ascending, got {positions}")
+        return positions
+
+    def read(self, logits: "torch.Tensor", prompts: PromptSet | None = None) -> "torch.Tensor":
+        """The logits at the metric's positions (unchanged if they are only those already)."""
+        prompts = prompts if prompts is not None else self.prompts
+        positions = self.positions if prompts is self.prompts else self._checked_positions(prompts)
+        seq = int(prompts.clean.shape[1])
+        if logits.shape[1] == seq:
+            # with ascending distinct positions, len == seq means every position: indexing is a no-op
+            return logits[:, positions]
+        if logits.shape[1] == len(positions):
+            return logits
+        raise ValueError(f"logits cover {logits.shape[1]} positions; the metric reads {positions} of "
+                         f"prompts of length {seq}")
+
+    def per_prompt(self, logits: "torch.Tensor", prompts: PromptSet | None = None) -> "torch.Tensor":
+        prompts = prompts if prompts is not None else self.prompts
+        return self._per_prompt(self.read(logits, prompts), prompts)
+
+    def __call__(self, logits: "torch.Tensor", prompts: PromptSet | None = None) -> "torch.Tensor":
+        return self.per_prompt(logits, prompts).mean()
+
+    def accuracy(self, logits: "torch.Tensor", prompts: PromptSet | None = None) -> float:
+        prompts = prompts if prompts is not None else self.prompts
+        return self._accuracy(self.read(logits, prompts), prompts)
 
 
 # --- what a technique sees --------------------------------------------------------------------
@@ -207,15 +279,15 @@ class CaseView:
     """Everything a technique may use: model, prompts, metric, position labels. Never the truth.
 
     ``prompts`` is the test split (the one scored); ``train_prompts`` is a disjoint split for
-    techniques that fit something (probes, tuned lens). ``metric(logits, prompts)`` returns the
-    scalar task metric (mean over prompts, differentiable); ``metric_per_prompt`` the ``[n]`` values.
+    techniques that fit something (probes, tuned lens). ``metric(logits, prompts=None)`` returns
+    the scalar task metric (mean over prompts, differentiable); ``metric_per_prompt`` the ``[n]``
+    values; ``metric.positions`` the logit positions it reads (see :class:`TaskMetric`).
     """
 
     def __init__(self, case: Case, model: Any, prompts: PromptSet, train_prompts: PromptSet,
                  granularity: str, seed: int) -> None:
-        # Keep only the metric: the case object could build an instance and with it the truth.
-        case_metric = case.metric
-        self._metric = lambda logits, prompts: case_metric(logits, prompts)
+        self.metric = case.task_metric(prompts)
+        self.metric_per_prompt = self.metric.per_prompt
         self.model = model
         self.prompts = prompts
         self.train_prompts = train_prompts
@@ -228,12 +300,6 @@ class CaseView:
     @property
     def position_labels(self) -> list[str]:
         return self.prompts.labels
-
-    def metric(self, logits: "torch.Tensor", prompts: PromptSet | None = None) -> "torch.Tensor":
-        return self._metric(logits, prompts if prompts is not None else self.prompts).mean()
-
-    def metric_per_prompt(self, logits: "torch.Tensor", prompts: PromptSet | None = None) -> "torch.Tensor":
-        return self._metric(logits, prompts if prompts is not None else self.prompts)
 
     def components(self, granularity: str | None = None) -> list[str]:
         return names.components(self.shape, granularity or self.granularity, self.position_labels)

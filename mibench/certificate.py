@@ -1,10 +1,13 @@
 """Verifies a case's ground truth by intervention, through the same Ablator the scorer uses.
 
 Every figure is a measurement of the model on the test prompts; the truth only says which nodes to
-ablate. On the normalized scale of :class:`~mibench.ablation.Ablator` (1 = clean behaviour,
+ablate. On the normalized scale of :class:`~mibench.model.ablation.Ablator` (1 = clean behaviour,
 0 = every node resample-ablated):
 
 * accuracy      — the case's task accuracy on clean prompts;
+* labels        — every role is placed where the case's ``circuit.yaml`` says (layer, kind), and
+                  the truth has the granularities the file promises (a consistency check, not a
+                  measurement);
 * necessity     — ablating one truth node leaves at most ``necessity`` of the behaviour;
 * sufficiency   — ablating every non-truth node keeps at least ``sufficiency`` of it;
 * strictness    — no single non-truth node moves it by more than ``strictness``;
@@ -66,8 +69,12 @@ def certify(case, instance, prompts, ablator) -> Certificate:
     """Measure the certificate of one (case, seed) on ``prompts`` with ``ablator`` (built on them)."""
     truth = instance.truth
     cert = Certificate(case.name, instance.seed)
-    cert.checks.append(Check("accuracy", case.accuracy(ablator.clean_logits, prompts),
+    cert.checks.append(Check("accuracy", ablator.metric.accuracy(ablator.clean_logits),
                              THRESHOLDS["accuracy"], ">=", "task accuracy on clean prompts"))
+    if case.circuit is not None:  # not a measurement: the labels must be where circuit.yaml says
+        wrong = case.circuit.disagreements(truth)
+        cert.checks.append(Check("labels match circuit.yaml", len(wrong), 0, "<=",
+                                 "; ".join(wrong) or "every role placed at its stated layer and kind"))
     single = ablator.single_removals(ablator.all_nodes)  # one batched pass per block
     for node, role in sorted(truth.nodes.items()):
         if role in case.necessity_exempt:

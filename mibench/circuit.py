@@ -1,6 +1,9 @@
-"""A case's ``circuit.yaml``: the circuit as data (roles, edges between roles, direct effects,
-variables, citations), turned into a :class:`~mibench.api.Truth` once a seed has placed each role
-on concrete components. Unknown fields are rejected so a typo cannot silently drop a label."""
+"""A case's ``circuit.yaml``: the circuit as data (roles with their layer and kind, edges between
+roles, direct effects, variables and the residual sites that carry them, neuron-level roles,
+citations), turned into a :class:`~mibench.api.Truth` once a seed has placed each role on concrete
+components. The one statement of a case's circuit: its granularities follow from what it labels,
+and :meth:`Circuit.disagreements` checks a built instance against it. Unknown fields are rejected
+so a typo cannot silently drop a label."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,9 +12,10 @@ from pathlib import Path
 import yaml
 
 from mibench import names
-from mibench.api import MibenchError, Truth
+from mibench.api import MibenchError, Truth, granularities_labelled
 
-_FIELDS = {"name", "roles", "edges", "direct", "variables", "answer_layer", "targets", "citations"}
+_FIELDS = {"roles", "edges", "direct", "variables", "sites", "neurons", "answer_layer", "targets",
+           "citations"}
 _ROLE_FIELDS = {"layer", "kind", "description"}
 
 
@@ -22,6 +26,8 @@ class Circuit:
     edges: list[tuple[str, str, str]]  # (source role, destination role, kind)
     direct: dict[str, int]
     variables: dict[str, str]
+    sites: dict[str, frozenset[str]]  # variable -> the residual sites that carry it on the causal path
+    neurons: dict[str, str]  # role -> what its neurons do (which neurons: placed by the seed)
     answer_layer: int | None
     targets: dict[str, str]
     citations: list[str]
@@ -44,16 +50,58 @@ class Circuit:
         for e in edges:
             if len(e) != 3:
                 raise MibenchError(f"{path}: edge {list(e)} must be [source, destination, kind]")
-        return cls(data["name"], data.get("roles", {}), edges, data.get("direct", {}),
-                   data.get("variables", {}), data.get("answer_layer"), data.get("targets", {}),
-                   data.get("citations", []))
+        sites = {variable: frozenset(site_list) for variable, site_list in data.get("sites", {}).items()}
+        for variable, site_set in sites.items():
+            if variable not in data.get("variables", {}):
+                raise MibenchError(f"{path}: sites name variable {variable!r}, which `variables` does not declare")
+            for site in site_set:
+                names.parse_site(site)
+        neurons = dict(data.get("neurons", {}))
+        unknown_roles = (set(data.get("direct", {})) | set(neurons)) - set(data.get("roles", {}))
+        if unknown_roles:
+            raise MibenchError(f"{path}: {sorted(unknown_roles)} are not roles of this circuit")
+        return cls(path.parent.name, data.get("roles", {}), edges, data.get("direct", {}),
+                   data.get("variables", {}), sites, neurons, data.get("answer_layer"),
+                   data.get("targets", {}), data.get("citations", []))
 
-    def truth(self, placement: dict[str, list[str]], sites: dict[str, frozenset[str]] | None = None,
-              neurons: dict[str, str] | None = None) -> Truth:
-        """The Truth once each role is placed on components (``role -> [node names]``)."""
+    def granularities(self) -> tuple[str, ...]:
+        """The granularities this circuit has truth at (as :meth:`Truth.granularities` will say)."""
+        return granularities_labelled(self.edges, self.neurons, self.sites, self.direct)
+
+    def disagreements(self, truth: Truth) -> list[str]:
+        """Where a built instance's truth departs from this file: a role placed on a component of
+        another kind or layer than stated, a role not placed, or truth at other granularities."""
+        out = []
+        placed: dict[str, list[str]] = {}
+        for node, role in truth.nodes.items():
+            placed.setdefault(role, []).append(node)
+        for role, spec in self.roles.items():
+            if role not in placed:
+                out.append(f"role {role} is not placed on any component")
+                continue
+            for node in placed[role]:
+                parsed = names.parse_node(node)
+                if "kind" in spec and spec["kind"] != parsed.kind:
+                    out.append(f"{role} is a {spec['kind']} in circuit.yaml but placed on {node}")
+                if "layer" in spec and spec["layer"] != parsed.layer:
+                    out.append(f"{role} is in layer {spec['layer']} in circuit.yaml but placed on {node}")
+        for role in set(placed) - set(self.roles):
+            out.append(f"{placed[role]} have role {role}, which circuit.yaml does not declare")
+        if truth.granularities() != self.granularities():
+            out.append(f"the instance has truth at {', '.join(truth.granularities())}; circuit.yaml "
+                       f"at {', '.join(self.granularities())}")
+        return out
+
+    def truth(self, placement: dict[str, list[str]], neurons: dict[str, str] | None = None) -> Truth:
+        """The Truth once each role is placed on components (``role -> [node names]``) and, for
+        the neuron-level roles, on neurons (``neuron name -> role``)."""
         missing = set(self.roles) - set(placement)
         if missing:
             raise ValueError(f"roles {sorted(missing)} of {self.name} were not placed")
+        neurons = neurons or {}
+        if set(neurons.values()) != set(self.neurons):
+            raise ValueError(f"{self.name}: circuit.yaml has neuron-level roles {sorted(self.neurons)}; "
+                             f"the placed neurons have roles {sorted(set(neurons.values()))}")
 
         def members(role: str) -> list[str]:
             return [role] if role in ("input", "logits") else placement[role]
@@ -66,5 +114,5 @@ class Circuit:
                     into_head = names.parse_node(dst).kind == "head"
                     edges[names.edge(src, dst, kind if into_head else None)] = kind
         direct = {node: int(sign) for role, sign in self.direct.items() for node in placement[role]}
-        return Truth(nodes=nodes, edges=edges, direct=direct, neurons=neurons or {},
-                     sites=sites or {}, answer_layer=self.answer_layer, targets=dict(self.targets))
+        return Truth(nodes=nodes, edges=edges, direct=direct, neurons=dict(neurons),
+                     sites=dict(self.sites), answer_layer=self.answer_layer, targets=dict(self.targets))

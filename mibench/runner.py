@@ -18,11 +18,12 @@ from typing import Callable, Iterable
 import torch
 
 from mibench import names
-from mibench.ablation import Ablator
 from mibench.api import (Case, CaseView, Instance, MibenchError, PromptSet, Technique, run_label,
                          validate_scores)
 from mibench.certificate import Certificate, certify
-from mibench.passes import PassCounter
+from mibench.model import bridge
+from mibench.model.ablation import Ablator
+from mibench.model.passes import PassCounter
 from mibench.results import RunRecord, write_record
 from mibench.scoring import score_run
 
@@ -43,37 +44,18 @@ class Prepared:
     weights: list[torch.Tensor]  # the planted weights, to check and restore after each technique
 
 
-def prepare(case: Case, seed: int) -> Prepared:
-    instance = case.build(seed)
+def prepare(case: Case, seed: int, instance: Instance | None = None) -> Prepared:
+    """Build (or take) the instance of ``seed``, draw its prompts and certify it. An ``instance``
+    passed in (for example one edited to remove a mechanism) is certified exactly as a built one."""
+    instance = instance if instance is not None else case.build(seed)
     prompts = case.prompts(case.n_prompts, seed, "test")
     train = case.prompts(N_TRAIN_PROMPTS, seed, "train")
-    metric = lambda logits: case.metric(logits, prompts)  # noqa: E731
+    metric = case.task_metric(prompts)
     ablator = Ablator(instance.model, prompts, metric, seed=seed)
     counterfactual = Ablator(instance.model, prompts, metric, seed=seed, how="corrupted")
     weights = [p.detach().clone() for p in instance.model.parameters()]
     return Prepared(case, instance, prompts, train, ablator, counterfactual,
                     certify(case, instance, prompts, ablator), weights)
-
-
-def _reset(model, weights: list[torch.Tensor]) -> bool:
-    """Put the model back as it was planted; return whether any weight had changed.
-
-    Techniques share one model per (case, seed) instead of a deep copy: TransformerLens 4.3's
-    bridge keeps references from each block's capture hooks to the model it was built on, so a
-    deep copy still writes into (and can break) the original."""
-    changed = False
-    with torch.no_grad():
-        for param, saved in zip(model.parameters(), weights):
-            if not torch.equal(param, saved):
-                changed = True
-                param.copy_(saved)
-            param.requires_grad_(True)
-            param.grad = None
-    model.reset_hooks(including_permanent=True)
-    for module in model.modules():  # the bridge's per-forward capture of the pre-LN residual
-        if getattr(module, "_captured_pre_ln_residual", None) is not None:
-            module._captured_pre_ln_residual = None
-    return changed
 
 
 def run_one(technique: Technique, prep: Prepared, granularity: str | None = None) -> RunRecord:
@@ -87,10 +69,10 @@ def run_one(technique: Technique, prep: Prepared, granularity: str | None = None
         truth_hash=instance.truth.digest(), n_prompts=len(prep.prompts),
         n_train_prompts=len(prep.train_prompts), certificate=prep.certificate.to_json(),
         shape=dataclasses.asdict(names.Shape.of(instance.model)))
-    if granularity not in case.granularities or granularity not in instance.truth.granularities():
+    if granularity not in instance.truth.granularities():
         record.status = "skipped"
         record.error = (f"case {case.name!r} has no ground truth at {granularity!r} "
-                        f"granularity (it has {', '.join(case.granularities)})")
+                        f"granularity (it has {', '.join(instance.truth.granularities())})")
         return record
     if not prep.certificate.passed:
         record.status = "uncertified"
@@ -107,13 +89,13 @@ def run_one(technique: Technique, prep: Prepared, granularity: str | None = None
         record.runtime_s = round(time.perf_counter() - start, 4)
         record.forward_passes = round(passes.forward_passes, 3)
         record.backward_passes = round(passes.backward_passes, 3)
-        changed = _reset(model, prep.weights)
+        changed = bridge.reset(model, prep.weights)
         scores = validate_scores(raw, view.components(), technique.name)
         if changed:
             raise MibenchError(f"technique {technique.name!r} changed the model's weights; "
                                f"adapters must leave the model as they found it")
     except Exception as exc:  # recorded as data so the rest of the grid finishes
-        _reset(model, prep.weights)
+        bridge.reset(model, prep.weights)
         record.runtime_s = round(time.perf_counter() - start, 4)
         record.status = "error"
         where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None

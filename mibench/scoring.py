@@ -27,7 +27,7 @@ import pandas as pd
 from mibench import names
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mibench.ablation import Ablator
+    from mibench.model.ablation import Ablator
     from mibench.api import Truth
 
 #: Fractions of the truth-set size kept by :func:`faithfulness` (MIB's CPR idea: 10–100 % of the

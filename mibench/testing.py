@@ -20,7 +20,7 @@ from typing import Callable
 
 from mibench import names
 from mibench.api import CaseView, MibenchError, Technique, validate_scores
-from mibench.passes import PassCounter
+from mibench.model.passes import PassCounter
 
 #: The time budget, in forward-pass equivalents over the prompt set (a backward pass counts as
 #: two): measured by the pass counter, so it means the same on every machine and no check

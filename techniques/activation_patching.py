@@ -17,8 +17,8 @@ Cost: 2 forward passes to cache, plus one per node (or site).
 References: Vig et al. 2020 (causal mediation analysis); Meng et al. 2022; Wang et al. 2022;
 Zhang & Nanda 2024, "Towards Best Practices of Activation Patching".
 """
-from mibench.ablation import ablation_effects
 from mibench.api import CaseView, Technique, make_scores
+from mibench.model.ablation import ablation_effects
 
 
 class ActivationPatching(Technique):

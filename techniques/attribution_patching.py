@@ -14,12 +14,12 @@ Edge (EAP; Syed et al. 2023, "Attribution Patching Outperforms Automated Circuit
 the residual stream (head: ``z_h @ W_O[h]``; MLP: ``hook_mlp_out``; input: embedding sum) and the
 gradient is taken per destination: a head's q, k or v input residual (through its ``ln1``), an
 MLP's input residual (through ``ln2``), the final residual for ``logits``. Every edge of the graph
-gets its computed value. The mechanics live in :mod:`mibench.gradients`.
+gets its computed value. The mechanics live in :mod:`mibench.model.gradients`.
 
 Hyperparameters: none. Cost: 2 forward passes (clean with gradients, corrupted) + 1 backward pass.
 """
-from mibench import gradients
 from mibench.api import CaseView, Technique, make_scores
+from mibench.model import gradients
 
 
 class AttributionPatching(Technique):

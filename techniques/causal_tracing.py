@@ -32,9 +32,9 @@ one per node (or site).
 """
 import torch
 
-from mibench.ablation import cache_nodes, run_with_values
 from mibench.api import CaseView, Technique, make_scores
-from mibench.noising import embedding_noise, key_positions, noised
+from mibench.model.ablation import cache_nodes, run_with_values
+from mibench.model.noising import embedding_noise, key_positions, noised
 
 NOISE_SCALE = 3.0
 DEGENERATE = 1e-6

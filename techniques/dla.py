@@ -14,7 +14,7 @@ References: Elhage et al. 2021 ("A Mathematical Framework for Transformer Circui
 nostalgebraist 2020 (logit lens); Wang et al. 2022 (IOI, direct logit attribution of heads).
 """
 from mibench.api import CaseView, Technique, make_scores
-from mibench.readout import direct_effects, metric_gradient
+from mibench.model.readout import direct_effects, metric_gradient
 
 
 class DirectLogitAttribution(Technique):

@@ -13,10 +13,10 @@ runs. Signed.
 
 Hyperparameters: m = 5 interpolation steps (``steps``).
 Cost: 2 + m forward passes and m backward passes (7 forward + 5 backward with m = 5), plus one
-prompt's forward (see ``mibench.gradients.release_graph``).
+prompt's forward (see ``mibench.model.bridge.release_graph``).
 """
-from mibench import gradients
 from mibench.api import CaseView, Technique, make_scores
+from mibench.model import bridge, gradients
 
 
 class EAPIG(Technique):
@@ -43,6 +43,6 @@ class EAPIG(Technique):
             grads = gradients.input_gradients(model, run)
             mean_grad = grads if mean_grad is None else {d: mean_grad[d] + g for d, g in grads.items()}
         mean_grad = {d: g / m for d, g in mean_grad.items()}
-        gradients.release_graph(model, prompts.clean)
+        bridge.release_graph(model, prompts.clean)
         scores = gradients.edge_scores(view.shape, delta, mean_grad)
         return make_scores({c: scores[c] for c in view.components()})

@@ -34,6 +34,7 @@ from transformer_lens.head_detector import (
 
 from mibench import names
 from mibench.api import CaseView, Technique, make_scores
+from mibench.model.ablation import attention_patterns
 
 DETECTORS = {
     "previous_token_head": get_previous_token_head_detection_pattern,
@@ -48,16 +49,14 @@ EXCLUDE_CURRENT_TOKEN = False
 def detector_scores(model, tokens: torch.Tensor) -> dict[str, dict[str, float]]:
     """``{detector: {head: mean score over prompts}}`` for the three TransformerLens detectors."""
     shape = names.Shape.of(model)
-    wanted = {f"blocks.{l}.attn.hook_pattern" for l in range(shape.n_layers)}
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
+    patterns = attention_patterns(model, tokens, range(shape.n_layers))
     out: dict[str, dict[str, float]] = {}
     for detector, make_pattern in DETECTORS.items():
         totals = torch.zeros(shape.n_layers, shape.n_heads, dtype=torch.float64)
         for i in range(tokens.shape[0]):
             pattern = make_pattern(tokens[i].cpu())
             for layer in range(shape.n_layers):
-                attention = cache[f"blocks.{layer}.attn.hook_pattern"][i]  # [head, q, k]
+                attention = patterns[layer][i]  # [head, q, k]
                 for h in range(shape.n_heads):
                     totals[layer, h] += compute_head_attention_similarity_score(
                         attention[h].detach().cpu().float(), pattern,

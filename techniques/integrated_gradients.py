@@ -14,13 +14,14 @@ attributed separately (its own path), not jointly with the others. Signed.
 Hyperparameters: n_steps = 16, Captum's default Gauss–Legendre quadrature.
 Cost per layer hook: 2 forward passes (Captum's clean and baseline layer activations) + n_steps
 forward and n_steps backward passes; node granularity has n_layers × (1 + has MLP) layer hooks,
-neuron granularity n_layers; plus one prompt's forward (``mibench.gradients.release_graph``).
+neuron granularity n_layers; plus one prompt's forward (``mibench.model.bridge.release_graph``).
 """
 import torch
 from captum.attr import LayerIntegratedGradients
 
-from mibench import gradients, names
+from mibench import names
 from mibench.api import CaseView, Technique, make_scores
+from mibench.model import bridge, hooks
 
 
 class IntegratedGradients(Technique):
@@ -42,7 +43,7 @@ class IntegratedGradients(Technique):
             return view.metric_per_prompt(model(tokens), prompts.take(index))
 
         def layer_attribution(hook: str) -> torch.Tensor:
-            lig = LayerIntegratedGradients(per_prompt_metric, model.hook_dict[hook])
+            lig = LayerIntegratedGradients(per_prompt_metric, bridge.hook_module(model, hook))
             attr = lig.attribute(prompts.clean, baselines=prompts.corrupted,
                                  additional_forward_args=(torch.arange(n),), n_steps=self.n_steps)
             return attr.detach().sum(dim=(0, 1)) / n  # [features], prompt mean, positions summed
@@ -50,12 +51,12 @@ class IntegratedGradients(Technique):
         scores = {}
         for layer in range(shape.n_layers):
             if view.granularity == "neuron":
-                per_neuron = layer_attribution(f"blocks.{layer}.mlp.hook_post")
+                per_neuron = layer_attribution(hooks.mlp_post(layer))
                 scores.update({names.neuron(layer, i): float(v) for i, v in enumerate(per_neuron)})
                 continue
-            per_head = layer_attribution(f"blocks.{layer}.attn.hook_z").reshape(shape.n_heads, -1).sum(-1)
+            per_head = layer_attribution(hooks.attn(layer, "z")).reshape(shape.n_heads, -1).sum(-1)
             scores.update({names.head(layer, h): float(v) for h, v in enumerate(per_head)})
             if shape.has_mlp:
-                scores[names.mlp(layer)] = float(layer_attribution(f"blocks.{layer}.hook_mlp_out").sum())
-        gradients.release_graph(model, prompts.clean)
+                scores[names.mlp(layer)] = float(layer_attribution(hooks.mlp_out(layer)).sum())
+        bridge.release_graph(model, prompts.clean)
         return make_scores({c: scores[c] for c in view.components()})

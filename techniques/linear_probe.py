@@ -21,8 +21,8 @@ one cached pass each) plus one logistic regression per (site, variable).
 import numpy as np
 import torch
 
-from mibench.ablation import cache_nodes
 from mibench.api import CaseView, Technique, make_scores
+from mibench.model.ablation import cache_nodes
 
 C = 1.0
 MAX_ITER = 2000

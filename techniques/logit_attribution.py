@@ -17,7 +17,7 @@ attribution); nostalgebraist 2020 (logit lens); Wang et al. 2022 (IOI).
 import torch
 
 from mibench.api import CaseView, Technique, make_scores
-from mibench.readout import direct_effects
+from mibench.model.readout import direct_effects
 
 
 class LogitAttribution(Technique):

@@ -3,7 +3,7 @@
 The residual stream before block 0 (``blocks.0.hook_resid_pre``: the embeddings) and after each
 block (``blocks.{l}.hook_resid_post``; the last one is the real final residual) is decoded through
 the model's final norm, applied for real with its scale recomputed from each residual, and the
-unembedding (``mibench.readout.decode``). The case's metric is computed on those logits at every
+unembedding (``mibench.model.readout.decode``). The case's metric is computed on those logits at every
 position (some metrics read several positions), and layer ``L{l}`` scores the gain it contributes:
 ``metric(decode(after block l)) − metric(decode(before block l))``. The gains sum to
 metric(clean logits) − metric(decoded embeddings).
@@ -19,7 +19,7 @@ products on cached residuals, not model passes).
 import torch
 
 from mibench.api import CaseView, Technique, make_scores
-from mibench.readout import cache_residuals, decode, lens_gains
+from mibench.model.readout import cache_residuals, decode, lens_gains
 
 class LogitLens(Technique):
     name = "logit_lens"

@@ -14,8 +14,8 @@ interpret activation patching").
 Hyperparameters: the prompt set over which the mean is taken (the case's test prompts). Cost:
 1 forward pass to cache, plus one per node.
 """
-from mibench.ablation import ablation_effects
 from mibench.api import CaseView, Technique, make_scores
+from mibench.model.ablation import ablation_effects
 
 
 class MeanAblation(Technique):

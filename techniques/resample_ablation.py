@@ -1,7 +1,7 @@
 """Resample ablation, node granularity.
 
 For each head and MLP, run the clean prompts with that node's output replaced by its output on a
-different clean prompt (a seeded derangement of the prompt set, ``mibench.ablation.derangement``),
+different clean prompt (a seeded derangement of the prompt set, ``mibench.model.ablation.derangement``),
 and score ``metric(clean) − metric(clean with node resampled)``. Signed: ranking uses the magnitude.
 
 What it gets right and wrong: the replacement is an output the node really produces, so the run
@@ -14,8 +14,8 @@ Activation Patching"; Heimersheim & Nanda 2024, "How to use and interpret activa
 Hyperparameters: the derangement is seeded by the run's seed. Cost: 1 forward pass to cache, plus
 one per node.
 """
-from mibench.ablation import ablation_effects
 from mibench.api import CaseView, Technique, make_scores
+from mibench.model.ablation import ablation_effects
 
 
 class ResampleAblation(Technique):

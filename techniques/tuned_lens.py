@@ -10,7 +10,7 @@ depth's translator is the identity: it is the model's real output. Each translat
     KL(softmax(final logits) ‖ softmax(decode(A_l h_l + b_l)))
 
 averaged over every position of ``view.train_prompts.clean``, where ``decode`` is the model's real
-final norm and unembedding (``mibench.readout.decode``). The test prompts are then scored exactly as
+final norm and unembedding (``mibench.model.readout.decode``). The test prompts are then scored exactly as
 by the logit lens: layer ``L{l}`` scores ``metric(depth l + 1) − metric(depth l)`` on the
 translated, decoded residuals (signed; scoring ranks by magnitude).
 
@@ -32,7 +32,7 @@ no model pass (the passes counter sees 2).
 import torch
 
 from mibench.api import CaseView, Technique, make_scores
-from mibench.readout import cache_residuals, decode, lens_gains
+from mibench.model.readout import cache_residuals, decode, lens_gains
 
 LR = 1e-2
 STEPS = 100

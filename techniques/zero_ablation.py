@@ -14,8 +14,8 @@ this.
 
 Hyperparameters: none. Cost: 1 forward pass to cache, plus one per node.
 """
-from mibench.ablation import ablation_effects
 from mibench.api import CaseView, Technique, make_scores
+from mibench.model.ablation import ablation_effects
 
 
 class ZeroAblation(Technique):

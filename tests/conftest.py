@@ -24,12 +24,9 @@ def fixture_technique():
 
 def certify_instance(case, instance):
     """The certificate of an (edited) instance, exactly as the runner computes it."""
-    from mibench.ablation import Ablator
-    from mibench.certificate import certify
+    from mibench.runner import prepare
 
-    prompts = case.prompts(case.n_prompts, instance.seed, "test")
-    ablator = Ablator(instance.model, prompts, lambda logits: case.metric(logits, prompts), seed=instance.seed)
-    return certify(case, instance, prompts, ablator)
+    return prepare(case, instance.seed, instance).certificate
 
 
 def failed_checks(cert) -> set[str]:

@@ -4,19 +4,23 @@ import torch
 
 from conftest import prepared
 from mibench import names
-from mibench.ablation import BaseRun, node_values, run_with_values
+from mibench.model.ablation import BaseRun, node_values, run_with_values
 
 
-@pytest.mark.parametrize("case_name", ["ioi", "planted_trigger", "trap_ln_scale"])
+@pytest.mark.parametrize("case_name", ["ioi", "planted_trigger", "trap_ln_scale", "induction"])
 @pytest.mark.parametrize("how", ["corrupted", "resample"])
-def test_batched_patching_equals_full_forwards(case_name, how):
+@pytest.mark.parametrize("trimmed", [False, True], ids=["all positions", "metric positions"])
+def test_batched_patching_equals_full_forwards(case_name, how, trimmed):
+    """Every node and residual site, patched through BaseRun, against a full forward; with
+    ``trimmed`` BaseRun unembeds only the positions the metric reads, as the runner's runs do."""
     prep = prepared(case_name, 0)
     model, prompts = prep.instance.model, prep.prompts
     shape = names.Shape.of(model)
     components = names.nodes(shape) + names.sites(shape, prompts.labels)
     values = node_values(model, prompts, components, how, seed=1)
-    metric = lambda logits: prep.case.metric(logits, prompts)  # noqa: E731
-    fast = BaseRun(model, prompts.clean, prompts.positions).single_metrics(components, values, metric)
+    metric = prep.case.task_metric(prompts)
+    read = metric.positions if trimmed else None
+    fast = BaseRun(model, prompts.clean, prompts.positions, read).single_metrics(components, values, metric)
     for name in components:
         slow = float(metric(run_with_values(model, prompts.clean, {name: values[name]},
                                             positions=prompts.positions)).mean())

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from mibench.ablation import cache_nodes, run_with_values
+from mibench.model.ablation import cache_nodes, run_with_values
 from mibench.api import CaseView
 from mibench.registry import load_case, load_technique
 
@@ -140,7 +140,7 @@ def test_detector_scores_agree_with_transformer_lens_detect_head_patterns():
 
 def test_activation_patching_matches_transformer_lens_patching():
     """TL patches clean head outputs (hook_z, all positions) into the corrupted run; run the
-    suite's patching in the same direction through mibench.ablation and compare."""
+    suite's patching in the same direction through mibench.model.ablation and compare."""
     from transformer_lens.patching import get_act_patch_attn_head_out_all_pos
 
     v, _ = view("induction", 0, "node")

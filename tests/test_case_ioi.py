@@ -6,9 +6,7 @@ import copy
 
 import torch
 
-from conftest import prepared
-from mibench.ablation import Ablator
-from mibench.certificate import certify
+from conftest import certify_instance, prepared
 from mibench.registry import load_case
 
 SEEDS = range(5)
@@ -21,9 +19,8 @@ def _role(prep, role: str) -> tuple[int, int]:
 
 
 def _certify(case, instance, seed):
-    prompts = case.prompts(case.n_prompts, seed, "test")
-    ablator = Ablator(instance.model, prompts, lambda logits: case.metric(logits, prompts), seed=seed)
-    return certify(case, instance, prompts, ablator)
+    assert instance.seed == seed
+    return certify_instance(case, instance)
 
 
 def test_certificate_passes_seeds_0_to_4():
@@ -39,8 +36,8 @@ def test_task_behaviour_accuracy_and_abc_corruption():
         logits = prep.ablator.clean_logits
         assert case.accuracy(logits, prep.prompts) >= 0.95, seed
         with torch.no_grad():
-            corrupted = case.metric(prep.instance.model(prep.prompts.corrupted), prep.prompts).mean()
-        clean = case.metric(logits, prep.prompts).mean()
+            corrupted = prep.ablator.metric(prep.instance.model(prep.prompts.corrupted))
+        clean = prep.ablator.metric(logits)
         assert clean > 0 and corrupted / clean <= 0.5, (seed, float(clean), float(corrupted))
 
 

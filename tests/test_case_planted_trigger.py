@@ -12,7 +12,7 @@ import pytest
 from conftest import certify_instance, failed_checks
 
 from mibench import names
-from mibench.ablation import Ablator
+from mibench.model.ablation import Ablator
 from mibench.api import Instance
 from mibench.registry import load_case
 from mibench.runner import prepare
@@ -70,7 +70,7 @@ def _site_checks(case, sites, seed=0):
     inst = case.build(seed)
     truth = dataclasses.replace(inst.truth, sites={"trigger": frozenset(sites)})
     prompts = case.prompts(case.n_prompts, seed, "test")
-    return {c.name: c for c in case._site_checks(Instance(inst.model, truth, seed), prompts)}
+    return {c.name: c for c in case._site_checks(Instance(inst.model, truth, seed), prompts, case.task_metric(prompts))}
 
 
 def test_decodable_but_unused_site_fails_site_necessity(case):
@@ -126,6 +126,6 @@ def test_wrong_neuron_truth_fails_neuron_checks(case):
     instance = Instance(model=model.to_bridge(), seed=0,
                         truth=_module(case).CIRCUIT.truth(placement, neurons=fake))
     prompts = case.prompts(case.n_prompts, 0, "test")
-    ablator = Ablator(instance.model, prompts, lambda logits: case.metric(logits, prompts), seed=0)
+    ablator = Ablator(instance.model, prompts, case.task_metric(prompts), seed=0)
     failed = {c.name for c in case.extra_checks(instance, prompts, ablator) if not c.passed}
     assert {"neuron necessity", "neuron sufficiency"} <= failed

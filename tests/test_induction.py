@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import prepared
-from mibench.ablation import Ablator
-from mibench.certificate import certify
+from conftest import certify_instance, prepared
 from mibench.registry import load_case, load_technique
 from mibench.runner import run_one
 
@@ -33,9 +31,7 @@ def test_broken_model_fails_certificate():
             lin.weight[head * d_head:(head + 1) * d_head] = 0
     instance = copy.copy(prep.instance)
     instance.model = model
-    case, prompts = prep.case, prep.prompts
-    ablator = Ablator(model, prompts, lambda l: case.metric(l, prompts), seed=0)
-    cert = certify(case, instance, prompts, ablator)
+    cert = certify_instance(prep.case, instance)
     assert not cert.passed
     assert {c.name for c in cert.failed()} >= {"accuracy"}
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from mibench.api import CaseView
-from mibench.readout import RESID_FINAL, decode
+from mibench.model.hooks import RESID_FINAL
+from mibench.model.readout import decode
 from mibench.registry import load_case, load_technique
 from mibench.scoring import score_run
 

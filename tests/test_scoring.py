@@ -280,7 +280,7 @@ def test_faithfulness_rounding_and_ties_with_stub():
 
 @pytest.fixture(scope="module")
 def induction():
-    from mibench.ablation import Ablator
+    from mibench.model.ablation import Ablator
 
     spec = importlib.util.spec_from_file_location(
         "mibench_test_induction_case", ROOT / "ground_truth" / "induction" / "case.py")
@@ -289,7 +289,7 @@ def induction():
     case = module.Induction()
     instance = case.build(0)
     prompts = case.prompts(32, 0)
-    ablator = Ablator(instance.model, prompts, lambda logits: case.metric(logits, prompts), seed=0)
+    ablator = Ablator(instance.model, prompts, case.task_metric(prompts), seed=0)
     return instance, ablator
 
 

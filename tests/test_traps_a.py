@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import prepared
-from mibench.ablation import Ablator
+from mibench.model.ablation import Ablator
 from mibench.certificate import certify
 from mibench.registry import load_case, load_technique, technique_entries
 from mibench.runner import run_one
@@ -36,7 +36,7 @@ OUTCOMES = {
 
 def _certify(case, instance, seed):
     prompts = case.prompts(case.n_prompts, seed, "test")
-    ablator = Ablator(instance.model, prompts, lambda logits: case.metric(logits, prompts), seed=seed)
+    ablator = Ablator(instance.model, prompts, case.task_metric(prompts), seed=seed)
     return certify(case, instance, prompts, ablator)
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from mibench import names
-from mibench.ablation import Ablator
+from mibench.model.ablation import Ablator
 from mibench.api import Instance
 from mibench.certificate import certify
 from mibench.registry import load_case, load_technique
@@ -37,7 +37,7 @@ def _certify_edited(case_name: str, model, seed: int):
     truth = prepared(case_name, seed).instance.truth
     instance = Instance(model=model.to_bridge(), truth=truth, seed=seed)
     prompts = case.prompts(case.n_prompts, seed, "test")
-    ablator = Ablator(instance.model, prompts, lambda logits: case.metric(logits, prompts), seed=seed)
+    ablator = Ablator(instance.model, prompts, case.task_metric(prompts), seed=seed)
     return {c.name: c for c in certify(case, instance, prompts, ablator).checks}
 
 

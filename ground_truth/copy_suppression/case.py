@@ -10,6 +10,8 @@ from mibench import names
 from mibench.api import Case, Instance, PromptSet
 from mibench.certificate import Check
 from mibench.circuit import Circuit
+from mibench.model.ablation import attention_patterns
+from mibench.model.weights import head_write, logit_writes
 from mibench.models import PlantedModel, ResidualLayout
 
 BOS, END = 0, 1
@@ -38,10 +40,8 @@ SUPPRESSION_ATTENTION_MIN = 0.5
 class CopySuppression(Case):
     name = "copy_suppression"
     version = "1"
+    circuit = CIRCUIT
     tier = "planted"
-    granularities = ("node", "edge", "layer")
-    citation = ("McDougall et al. 2023, Copy Suppression: Comprehensively Understanding an "
-                "Attention Head")
     description = ("a copier (L0) boosts a context token; a copy-suppression head (L1) attends to "
                    "the predicted token's earlier occurrence and writes its negative unembedding")
 
@@ -139,13 +139,11 @@ class CopySuppression(Case):
         parsed = names.parse_node(node)
         idx = torch.arange(len(prompts))
         with torch.no_grad():
-            z = probe.clean_cache[node][:, -1]  # [n, d_head] at END
-            written = z @ model.W_O[parsed.layer][parsed.index] @ model.W_U  # [n, vocab] logits
+            # [n, vocab]: its write at END, read straight through the unembedding
+            written = logit_writes(model, head_write(model, node, probe.clean_cache[node][:, -1]))
             on_copied = written[idx, prompts.wrong]
             direct = written[idx, prompts.answer] - on_copied
-            _, cache = model.run_with_cache(
-                prompts.clean, names_filter=lambda h: h == f"blocks.{parsed.layer}.attn.hook_pattern")
-            pattern = cache[f"blocks.{parsed.layer}.attn.hook_pattern"][:, parsed.index, -1]
+            pattern = attention_patterns(model, prompts.clean, [parsed.layer])[parsed.layer][:, parsed.index, -1]
             attention = pattern[idx, prompts.positions["D"]]
         return [
             Check(f"suppression attention {node}", float(attention.mean()),

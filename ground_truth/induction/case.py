@@ -25,9 +25,8 @@ PREV_QK, INDUCTION_QK, INDUCTION_GAIN = 12.0, 12.0, 10.0
 class Induction(Case):
     name = "induction"
     version = "1"
+    circuit = CIRCUIT
     tier = "planted"
-    granularities = ("node", "edge", "layer")
-    citation = "Olsson et al. 2022, In-context Learning and Induction Heads"
     description = "previous-token head (L0) K-composes with an induction head (L1) to copy [A][B]…[A]→[B]"
 
     def build(self, seed: int) -> Instance:
@@ -87,14 +86,16 @@ class Induction(Case):
         """Next-token targets over the repeated half: positions HALF+1 … 2·HALF−1."""
         return torch.cat([prompts.clean[:, HALF + 2:], prompts.answer[:, None]], dim=1)
 
+    def metric_positions(self, prompts: PromptSet) -> list[int]:
+        """The repeated half, where induction predicts the next token: HALF+1 … 2·HALF−1."""
+        return list(range(HALF + 1, 2 * HALF))
+
     def metric(self, logits: torch.Tensor, prompts: PromptSet) -> torch.Tensor:
         """Mean over the repeated half of the correct next token's logit minus the mean logit
         (centred, so a uniform shift of all logits does not count as induction)."""
-        rep = logits[:, HALF + 1: 2 * HALF, :]
-        correct = rep.gather(-1, self._targets(prompts)[..., None])[..., 0]
-        return (correct - rep.mean(dim=-1)).mean(dim=-1)
+        correct = logits.gather(-1, self._targets(prompts)[..., None])[..., 0]
+        return (correct - logits.mean(dim=-1)).mean(dim=-1)
 
     def accuracy(self, logits: torch.Tensor, prompts: PromptSet) -> float:
         """Top-1 accuracy of the next-token prediction over the repeated half."""
-        rep = logits[:, HALF + 1: 2 * HALF, :]
-        return float((rep.argmax(-1) == self._targets(prompts)).float().mean())
+        return float((logits.argmax(-1) == self._targets(prompts)).float().mean())

@@ -11,6 +11,7 @@ from mibench import names
 from mibench.api import Case, Instance, PromptSet
 from mibench.certificate import Check
 from mibench.circuit import Circuit
+from mibench.model.readout import direct_effects, metric_gradient
 from mibench.models import PlantedModel, ResidualLayout
 from mibench.models.gating import (QKTerm, constant_term, embed_flag, match_term,
                                    prediction_gate_term, rows, self_exclusion_term, set_qk_terms)
@@ -96,10 +97,8 @@ def _token_roles(seed: int) -> tuple[list[int], list[int]]:
 class IOI(Case):
     name = "ioi"
     version = "2"
+    circuit = CIRCUIT
     tier = "planted"
-    granularities = ("node", "edge", "layer")
-    citation = ("Wang et al. 2022, Interpretability in the Wild: a Circuit for Indirect Object "
-                "Identification in GPT-2 small")
     description = ("duplicate-token/induction → S-inhibition → name movers (plus negative and "
                    "gated backup name movers) predict the indirect object")
     necessity_exempt = {
@@ -251,7 +250,7 @@ class IOI(Case):
         for node, role in truth.nodes.items():
             by_role.setdefault(role, []).append(node)
         norm = lambda removed: probe.normalized(probe.metric_without(removed))  # noqa: E731
-        checks = [Check("ioi accuracy", self.accuracy(probe.clean_logits, prompts), IOI_ACCURACY,
+        checks = [Check("ioi accuracy", probe.metric.accuracy(probe.clean_logits), IOI_ACCURACY,
                         ">=", "IO logit > S logit at END on clean prompts")]
 
         movers, backups = by_role["name_mover"], by_role["backup_name_mover"]
@@ -265,9 +264,10 @@ class IOI(Case):
                             "move when only the backups are ablated (clean run)"))
 
         neg = by_role["negative_name_mover"]
-        direct = sum(self._direct_effect(instance.model, probe, node, prompts) for node in neg)
+        direct = sum(direct_effects(instance.model, prompts.clean,
+                                    lambda logits: metric_gradient(probe.metric, logits), neg).values())
         checks.append(Check("negative direct effect", direct / probe.full, NEGATIVE_DIRECT, "<=",
-                            "negative name mover's direct IO − S at END / clean IO − S"))
+                            "negative name mover's direct effect on IO − S at END (DLA) / clean IO − S"))
         checks.append(Check("negative ablation raises", norm(neg) - 1.0, NEGATIVE_RAISE, ">=",
                             "behaviour gained when the negative name mover is ablated"))
 
@@ -279,22 +279,7 @@ class IOI(Case):
                             "previous-token head ablated"))
 
         with torch.no_grad():
-            corrupted = self.metric(instance.model(prompts.corrupted), prompts).mean()
+            corrupted = probe.metric(instance.model(prompts.corrupted))
         checks.append(Check("ABC corruption", float(corrupted) / probe.full, ABC_RATIO, "<=",
                             "corrupted (ABC) logit difference / clean logit difference"))
         return checks
-
-    @staticmethod
-    def _direct_effect(model, probe, node: str, prompts: PromptSet) -> float:
-        """Mean direct contribution of one head to logit(IO) − logit(S) at END (no LayerNorm, so
-        z @ W_O[h] @ W_U is exact), from the probe's clean cache."""
-        parsed = names.parse_node(node)
-        native = model.original_model
-        o = native.layers[parsed.layer].attn.o.weight  # [d_model, n_heads * d_head]
-        z = probe.clean_cache[node][:, -1, :]  # [n, d_head] at END
-        d_head = z.shape[-1]
-        w_o = o[:, parsed.index * d_head:(parsed.index + 1) * d_head].T  # [d_head, d_model]
-        w_u = native.head.weight  # [vocab, d_model]
-        direction = w_u[prompts.answer] - w_u[prompts.wrong]  # [n, d_model]
-        with torch.no_grad():
-            return float(((z @ w_o) * direction).sum(-1).mean())

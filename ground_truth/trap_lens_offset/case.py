@@ -11,11 +11,11 @@ from mibench import names
 from mibench.api import Case, Instance, PromptSet
 from mibench.certificate import Check
 from mibench.circuit import Circuit
+from mibench.model.readout import cache_residuals, decode
 from mibench.models import PlantedModel, ResidualLayout
 from mibench.models.gating import QKTerm, embed_flag, set_qk_terms
 from mibench.models.mlp import add_distractor_neurons
 from mibench.models.norms import add_constant_neurons, offset_vector
-from mibench.readout import decode
 
 BOS, END = 0, 1
 VOCAB = 32
@@ -46,10 +46,8 @@ N_READOUT_TRAIN = 256
 class TrapLensOffset(Case):
     name = "trap_lens_offset"
     version = "1"
+    circuit = CIRCUIT
     tier = "trap"
-    granularities = ("node", "layer")
-    citation = ("Belrose et al. 2023, Eliciting Latent Predictions from Transformers with the Tuned "
-                "Lens; nostalgebraist 2020, the logit lens")
     description = ("the answer is formed in layer 0, but a constant offset removed only by the final "
                    "block hides it from the logit lens, which credits the final layer")
 
@@ -141,10 +139,8 @@ class TrapLensOffset(Case):
     @staticmethod
     def _end_residual(model, tokens: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Final logits at END and the residual after block ``layer`` at END."""
-        hook = f"blocks.{layer}.hook_resid_post"
-        with torch.no_grad():
-            logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n == hook)
-        return logits[:, -1], cache[hook][:, -1]
+        logits, residuals = cache_residuals(model, tokens)  # residuals[l + 1] follows block l
+        return logits[:, -1], residuals[layer + 1][:, -1]
 
     def extra_checks(self, instance: Instance, prompts: PromptSet, probe) -> list[Check]:
         """The mechanism: right after the answer layer the logit lens (final norm + unembedding on

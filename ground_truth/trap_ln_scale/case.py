@@ -7,14 +7,14 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.ablation import ablation_effects
 from mibench.api import Case, Instance, PromptSet
 from mibench.certificate import Check
 from mibench.circuit import Circuit
+from mibench.model.ablation import ablation_effects
+from mibench.model.readout import direct_effects, metric_gradient
 from mibench.models import PlantedModel, ResidualLayout
 from mibench.models.gating import QKTerm, embed_flag, set_qk_terms
-from mibench.models.norms import calibrate_head_gain, offset_vector
-from mibench.readout import direct_effects, metric_gradient
+from mibench.models.norms import calibrate_head_gain, embed_offset, offset_vector
 
 BOS, END = 0, 1
 VOCAB = 32
@@ -41,10 +41,8 @@ TOTAL_EFFECT_MIN = 0.5
 class TrapLNScale(Case):
     name = "trap_ln_scale"
     version = "1"
+    circuit = CIRCUIT
     tier = "trap"
-    granularities = ("node", "layer")
-    citation = ("Stolfo et al. 2024, Confidence Regulation Neurons in Language Models; "
-                "Gurnee et al. 2024, Universal Neurons in GPT2")
     description = ("a head cancels a large constant offset orthogonal to the unembedding: its whole "
                    "effect runs through the final LayerNorm's scale, invisible to frozen-scale DLA")
     necessity_exempt = {
@@ -68,7 +66,7 @@ class TrapLNScale(Case):
                              d_vocab=VOCAB, n_ctx=n_ctx, layer_norm=True)
         model.embed_tokens("tok")
         embed_flag(model, "flag", keys)  # one shared "is a key" direction
-        model.W_E[END] += offset_vector(model, {"bulk": BULK})
+        embed_offset(model, offset_vector(model, {"bulk": BULK}), [END])
         model.embed_positions("pos")
         model.unembed("out")
 
@@ -135,8 +133,8 @@ class TrapLNScale(Case):
     def frozen_direct_effects(self, model, prompts: PromptSet, nodes: list[str]) -> dict[str, float]:
         """Each node's direct effect on the mean metric through the final LayerNorm with the clean
         scale frozen and the unembedding (what DLA measures)."""
-        mean_metric = lambda logits: self.metric(logits, prompts).mean()  # noqa: E731
-        return direct_effects(model, prompts.clean, lambda logits: metric_gradient(mean_metric, logits), nodes)
+        metric = self.task_metric(prompts)
+        return direct_effects(model, prompts.clean, lambda logits: metric_gradient(metric, logits), nodes)
 
     def extra_checks(self, instance: Instance, prompts: PromptSet, probe) -> list[Check]:
         """The mechanism: the scale head's frozen-scale direct effect is ~0 next to the mover's, while
@@ -146,8 +144,7 @@ class TrapLNScale(Case):
         (scaler,) = [n for n, r in truth.nodes.items() if r == "scale_head"]
         direct = self.frozen_direct_effects(model, prompts, [mover, scaler])
         share = abs(direct[scaler]) / max(abs(direct[mover]), 1e-9)
-        metric = lambda logits: self.metric(logits, prompts)  # noqa: E731
-        effect = ablation_effects(model, prompts, [scaler], "corrupted", metric)[scaler]
+        effect = ablation_effects(model, prompts, [scaler], "corrupted", probe.metric)[scaler]
         total = effect / max(probe.full, 1e-9)
         return [
             Check("scale head frozen-scale direct effect", share, FROZEN_DIRECT_SHARE_MAX, "<=",

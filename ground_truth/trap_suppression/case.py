@@ -12,6 +12,7 @@ from mibench import names
 from mibench.api import Case, Instance, PromptSet
 from mibench.certificate import Check
 from mibench.circuit import Circuit
+from mibench.model.weights import head_write, logit_writes
 from mibench.models import PlantedModel, ResidualLayout
 from mibench.models.gating import constant_term, embed_flag, rows, set_qk_terms
 
@@ -53,10 +54,8 @@ def _token_roles(seed: int) -> dict[str, list[int]]:
 class TrapSuppression(Case):
     name = "trap_suppression"
     version = "1"
+    circuit = CIRCUIT
     tier = "trap"
-    granularities = ("node",)
-    citation = ("Elhage et al. 2021 (direct logit attribution); McDougall et al. 2023 (copy "
-                "suppression); Zhang & Nanda 2024 (metrics for patching)")
     description = ("a mover copies the gold item and five lures (the lures more); a suppressor "
                    "lowers the lures: the answer wins without its own logit ever moving")
 
@@ -145,12 +144,11 @@ class TrapSuppression(Case):
         """The suppressor's direct effect on the answer's logit is ~0, its direct effect on the
         log-sum-exp is large and negative, and resample-ablating it loses most of log p(answer)."""
         node = next(n for n, r in instance.truth.nodes.items() if r == "suppressor")
-        write = self._head_write(instance.model, probe, node)  # [n, d_model] at END
-        w_u = instance.model.original_model.head.weight.detach()  # [vocab, d_model]
+        write = head_write(instance.model, node, probe.clean_cache[node][:, -1])  # [n, d_model] at END
         idx = torch.arange(len(prompts))
         final = probe.clean_logits[:, -1, :]
         with torch.no_grad():
-            delta = write @ w_u.T  # the head's direct contribution to every logit
+            delta = logit_writes(instance.model, write)  # the head's direct contribution to every logit
             on_answer = float(delta[idx, prompts.answer].abs().mean())
             answer_logit = float(final[idx, prompts.answer].mean())
             lse_effect = float((torch.logsumexp(final, -1) - torch.logsumexp(final - delta, -1)).mean())
@@ -164,12 +162,3 @@ class TrapSuppression(Case):
             Check("suppressor effect on metric", lost, METRIC_EFFECT_MIN, ">=",
                   "log p(answer) lost (normalized) when it is resample-ablated"),
         ]
-
-    @staticmethod
-    def _head_write(model, probe, node: str) -> torch.Tensor:
-        parsed = names.parse_node(node)
-        native = model.original_model
-        o = native.layers[parsed.layer].attn.o.weight.detach()
-        z = probe.clean_cache[node][:, -1, :]
-        d_head = z.shape[-1]
-        return z @ o[:, parsed.index * d_head:(parsed.index + 1) * d_head].T

@@ -75,12 +75,11 @@ def calibrate_head_gain(model: PlantedModel, layer: int, head: int, tokens, posi
     The head's write passes through the model's LayerNorms and attention, so it is measured on the
     exported model rather than computed by hand. Call before :meth:`PlantedModel.rotate` (the
     measurement is in the planted basis). Returns the factor applied."""
-    import torch
+    from mibench import names
+    from mibench.model.ablation import cache_nodes
 
-    bridge = model.to_bridge()
-    with torch.no_grad():
-        _, cache = bridge.run_with_cache(tokens, names_filter=lambda n: n == f"blocks.{layer}.attn.hook_z")
-    z = cache[f"blocks.{layer}.attn.hook_z"][:, -1 if position is None else position, head]
+    _, values = cache_nodes(model.to_bridge(), tokens, [names.head(layer, head)])
+    z = values[names.head(layer, head)][:, -1 if position is None else position]
     write = z.double().numpy() @ model.W_O[layer, head]
     measured = float((write @ direction).mean())
     if abs(measured) < 1e-9:

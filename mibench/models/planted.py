@@ -151,43 +151,10 @@ class PlantedModel:
 
     def to_bridge(self):
         """A TransformerLens 4.x ``TransformerBridge`` (native architecture) with these weights."""
-        import torch
-        from transformer_lens.config import TransformerBridgeConfig
-        from transformer_lens.model_bridge import TransformerBridge
+        from mibench.model.bridge import boot_native
 
-        cfg = TransformerBridgeConfig(
-            d_model=self.layout.d_model, d_head=self.d_head, n_layers=self.n_layers,
-            n_heads=self.n_heads, n_ctx=self.n_ctx, d_vocab=self.d_vocab,
-            d_mlp=self.d_mlp if self.d_mlp else None, attn_only=not self.d_mlp, act_fn="relu",
-            normalization_type="LN" if self.layer_norm else None, init_weights=False,
-            positional_embedding_type="standard",
-        )
-        bridge = TransformerBridge.boot_native(cfg)
-        native = bridge.original_model
-        t = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
-        H, dh, d = self.n_heads, self.d_head, self.layout.d_model
-        with torch.no_grad():
-            for p in native.parameters():
-                p.zero_()
-            native.tok_embed.weight.copy_(t(self.W_E))
-            native.pos.weight.copy_(t(self.W_pos))
-            native.head.weight.copy_(t(self.W_U.T))
-            for layer, block in enumerate(native.layers):
-                attn = block.attn
-                # nn.Linear computes x @ weight.T; heads are stacked along the output dimension.
-                attn.q.weight.copy_(t(self.W_Q[layer].transpose(0, 2, 1).reshape(H * dh, d)))
-                attn.k.weight.copy_(t(self.W_K[layer].transpose(0, 2, 1).reshape(H * dh, d)))
-                attn.v.weight.copy_(t(self.W_V[layer].transpose(0, 2, 1).reshape(H * dh, d)))
-                attn.o.weight.copy_(t(self.W_O[layer].reshape(H * dh, d).T))
-                if self.d_mlp:
-                    block.mlp.fc_in.weight.copy_(t(self.W_in[layer].T))
-                    block.mlp.fc_in.bias.copy_(t(self.b_in[layer]))
-                    block.mlp.fc_out.weight.copy_(t(self.W_out[layer].T))
-                if self.layer_norm:
-                    block.ln1.weight.fill_(1.0)
-                    if self.d_mlp:
-                        block.ln2.weight.fill_(1.0)
-            if self.layer_norm:
-                native.ln_out.weight.fill_(1.0)
-        bridge.eval()
-        return bridge
+        weights = {"W_E": self.W_E, "W_pos": self.W_pos, "W_Q": self.W_Q, "W_K": self.W_K,
+                   "W_V": self.W_V, "W_O": self.W_O, "W_in": self.W_in, "b_in": self.b_in,
+                   "W_out": self.W_out, "W_U": self.W_U}
+        return boot_native(weights, n_heads=self.n_heads, n_ctx=self.n_ctx, d_mlp=self.d_mlp,
+                           layer_norm=self.layer_norm)

@@ -3,11 +3,8 @@
 Certificates, the faithfulness score and every technique replace node outputs through these
 functions, so "ablate a head" means the same thing everywhere:
 
-* a head's output is its ``hook_z`` slice (the head's contribution is ``z @ W_O[h]``; the shared
-  output bias ``b_O`` is not part of any head);
-* an MLP's output is ``hook_mlp_out``; a neuron's is its ``mlp.hook_post`` entry;
-* a residual site ``r{layer}@{label}`` is ``blocks.{layer}.hook_resid_pre`` (``ln_final.hook_in``
-  for the final residual) at each prompt's position of ``label``.
+a component's value is where :func:`mibench.model.hooks.hook_site` says (a head's ``z`` slice,
+an MLP's output, a neuron's activation, a residual site at a labelled position).
 
 Replacement values come from :func:`node_values`: ``clean`` / ``corrupted`` (the node's output on
 that run, for counterfactual patching), ``zero``, ``mean`` (over the prompt set, per position) or
@@ -16,48 +13,24 @@ that run, for counterfactual patching), ``zero``, ``mean`` (over the prompt set,
 Exact patching is fast because it does only the work that can change (see :class:`BaseRun`):
 the unpatched run's residual stream is cached once, a patch of a component in block ``l`` reruns
 only blocks ``l`` onward, the patches of one block are batched into one pass (one copy of the
-prompts per patch), and callers that know which positions their metric reads can ask for the
-unembedding at those positions only.
+prompts per patch), and a metric that declares the positions it reads (a
+:class:`mibench.api.TaskMetric`, as every technique and certificate gets) has the unembedding done
+at those positions only.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from mibench import names
+from mibench.model import bridge, hooks
+from mibench.model.hooks import HookSite, hook_site
 
 ABLATIONS = ("zero", "mean", "resample", "clean", "corrupted")
 #: rows (prompts × patches) in one batched pass; bounds memory on large models
 MAX_BATCH_ROWS = 256
-
-
-@dataclass(frozen=True)
-class HookSite:
-    hook: str
-    index: int | None  # head or neuron index inside the hook's activation; None for whole layer
-    label: str | None = None  # position label, for residual sites
-    layer: int = 0  # the block whose forward produces (or, for sites, receives) the value
-
-
-def hook_site(node: str, n_layers: int | None = None) -> HookSite:
-    """Where a node's (or a residual site's) value lives among the model's hooks. With
-    ``n_layers`` the final residual site maps to ``ln_final.hook_in``."""
-    if node.startswith("r") and "@" in node:
-        layer, label = names.parse_site(node)
-        if n_layers is not None and layer == n_layers:
-            return HookSite("ln_final.hook_in", None, label, layer)
-        return HookSite(f"blocks.{layer}.hook_resid_pre", None, label, layer)
-    parsed = names.parse_node(node)
-    if parsed.kind == "head":
-        return HookSite(f"blocks.{parsed.layer}.attn.hook_z", parsed.index, None, parsed.layer)
-    if parsed.kind == "mlp":
-        return HookSite(f"blocks.{parsed.layer}.hook_mlp_out", None, None, parsed.layer)
-    if parsed.kind == "neuron":
-        return HookSite(f"blocks.{parsed.layer}.mlp.hook_post", parsed.index, None, parsed.layer)
-    raise ValueError(f"{node} has no output to ablate")
 
 
 def _index(act: torch.Tensor, site: HookSite, positions: dict[str, torch.Tensor] | None,
@@ -105,6 +78,19 @@ def cache_nodes(model, tokens: torch.Tensor, nodes: Iterable[str],
                     for node, s in sites.items()}
 
 
+def attention_patterns(model, tokens: torch.Tensor, layers: Iterable[int],
+                       values: dict[str, torch.Tensor] | None = None,
+                       positions: dict[str, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
+    """One forward pass; each layer's attention pattern ``[n, head, query, key]``, optionally with
+    components' outputs replaced by ``values`` as in :func:`run_with_values`."""
+    wanted = {hooks.attn(layer, "pattern"): layer for layer in layers}
+    patch_hooks = _hooks([(name, value, slice(None)) for name, value in (values or {}).items()],
+                         model.cfg.n_layers, positions)
+    with torch.no_grad(), model.hooks(fwd_hooks=patch_hooks):
+        _, cache = model.run_with_cache(tokens, names_filter=lambda name: name in wanted)
+    return {layer: cache[hook] for hook, layer in wanted.items()}
+
+
 def run_with_values(model, tokens: torch.Tensor, values: dict[str, torch.Tensor],
                     grad: bool = False, positions: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """A full forward of ``tokens`` with each node's output (or residual site's value) replaced by
@@ -131,14 +117,14 @@ class BaseRun:
         self.model, self.tokens, self.positions = model, tokens, positions
         self.read_positions = list(read_positions) if read_positions is not None else None
         self.n_layers = model.cfg.n_layers
-        self.native = all(type(b.original_component).__name__ == "NativeBlock" for b in model.blocks) \
-            and not getattr(model.cfg, "parallel_attn_mlp", False)
+        self.native = bridge.is_native_pre_ln(model)
         # resid[l] enters block l; resid[n_layers] is the final residual stream
-        hooks = [f"blocks.{layer}.hook_resid_pre" for layer in range(self.n_layers)] + ["ln_final.hook_in"]
-        z_hooks = [f"blocks.{layer}.attn.hook_z" for layer in range(self.n_layers)] if self.native else []
+        resid_hooks = [hooks.resid_pre(layer) for layer in range(self.n_layers)] + [hooks.RESID_FINAL]
+        z_hooks = [hooks.attn(layer, "z") for layer in range(self.n_layers)] if self.native else []
+        wanted = set(resid_hooks + z_hooks)
         with torch.no_grad():
-            logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in hooks + z_hooks)
-        self.resid = [cache[h] for h in hooks]
+            logits, cache = model.run_with_cache(tokens, names_filter=lambda name: name in wanted)
+        self.resid = [cache[h] for h in resid_hooks]
         self.z = [cache[h].flatten(-2) for h in z_hooks]  # [n, seq, n_heads * d_head], as o reads it
         self.logits = logits if self.read_positions is None else logits[:, self.read_positions]
 
@@ -148,9 +134,6 @@ class BaseRun:
     def run(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits with ``values`` patched in (all at once), rerunning only the blocks they change."""
         return self.run_batched([values])[0]
-
-    def _mlp(self, block, x: torch.Tensor) -> torch.Tensor:
-        return x if self.model.cfg.attn_only else x + block.mlp(block.ln2(x))
 
     def run_batched(self, patches: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
         """Logits for several independent patch sets, stacked into one pass from the earliest
@@ -163,31 +146,26 @@ class BaseRun:
         sites = [hook_site(name, self.n_layers) for patch in patches for name in patch]
         start = min(site.layer for site in sites)
         last = self.n_layers - 1
-        heads_only = self.native and all(s.layer == start and s.hook.endswith("attn.hook_z") for s in sites)
+        heads_only = self.native and all(s.layer == start and s.is_head for s in sites)
         trim_last = self.native and self.read_positions is not None and \
             all(s.layer < last for s in sites) and (start < last or not heads_only)
-        hooks = _hooks([(name, value, slice(i * n, (i + 1) * n))
-                        for i, patch in enumerate(patches) for name, value in patch.items()],
-                       self.n_layers, self.positions)
-        with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
+        patch_hooks = _hooks([(name, value, slice(i * n, (i + 1) * n))
+                              for i, patch in enumerate(patches) for name, value in patch.items()],
+                             self.n_layers, self.positions)
+        with torch.no_grad(), self.model.hooks(fwd_hooks=patch_hooks):
             x = self.resid[start].repeat(k, 1, 1)
             first = start
             if heads_only:  # block `start` from its cached z: output projection (patched), MLP
-                block = self.model.blocks[start].original_component
-                x = self._mlp(block, x + block.attn.o(self.z[start].repeat(k, 1, 1)))
+                x = bridge.add_mlp(self.model, start,
+                                   x + bridge.output_projection(self.model, start, self.z[start].repeat(k, 1, 1)))
                 first = start + 1
             for layer in range(first, self.n_layers):
                 if layer == last and trim_last:
-                    block = self.model.blocks[layer].original_component
-                    mid = x + block.attn(block.ln1(x))[0]
-                    x = self._mlp(block, mid[:, self.read_positions])
-                    return list(self.model.unembed(self.model.ln_final(x)).split(n))
-                x = self.model.blocks[layer](x)
-                x = x[0] if isinstance(x, tuple) else x
-            x = self.model.ln_final(x)
-            if self.read_positions is not None:
-                x = x[:, self.read_positions]
-            return list(self.model.unembed(x).split(n))
+                    mid = x + bridge.attention_out(self.model, layer, x)
+                    x = bridge.add_mlp(self.model, layer, mid[:, self.read_positions])
+                    return list(bridge.unembed_final(self.model, x).split(n))
+                x = bridge.run_block(self.model, layer, x)
+            return list(bridge.unembed_final(self.model, x, self.read_positions).split(n))
 
     def single_metrics(self, nodes: Iterable[str], values: dict[str, torch.Tensor],
                        metric: Callable[[torch.Tensor], torch.Tensor]) -> dict[str, float]:
@@ -209,13 +187,19 @@ class BaseRun:
         return {node: out[node] for node in nodes}
 
 
+def metric_positions(metric) -> list[int] | None:
+    """The logit positions a metric reads, when it says (a :class:`mibench.api.TaskMetric` does):
+    patched runs then unembed only those. A plain function gets every position."""
+    return getattr(metric, "positions", None)
+
+
 def ablation_effects(model, prompts, nodes: Iterable[str], how: str,
                      metric: Callable[[torch.Tensor], torch.Tensor], seed: int = 0) -> dict[str, float]:
     """For each node, clean metric minus the metric with that node's output replaced (``how`` as
     in :func:`node_values`): activation patching with ``corrupted``, single-node ablations with
     ``zero`` / ``mean`` / ``resample``."""
     nodes = list(nodes)
-    base = BaseRun(model, prompts.clean, prompts.positions)
+    base = BaseRun(model, prompts.clean, prompts.positions, read_positions=metric_positions(metric))
     clean = float(metric(base.logits).mean())
     clean_cache = cache_nodes(model, prompts.clean, nodes, prompts.positions)[1] if how != "corrupted" else None
     values = node_values(model, prompts, nodes, how, seed, clean_cache)
@@ -268,7 +252,7 @@ class Ablator:
         self.all_nodes = names.nodes(names.Shape.of(model))
         logits, self.clean_cache = cache_nodes(model, prompts.clean, self.all_nodes)
         self.clean_logits = logits
-        self.base = BaseRun(model, prompts.clean, prompts.positions)
+        self.base = BaseRun(model, prompts.clean, prompts.positions, read_positions=metric_positions(metric))
         self.full = float(metric(logits).mean())
         self.ablated = node_values(model, prompts, self.all_nodes, how, seed, self.clean_cache)
         self.empty = self.metric_without(self.all_nodes)

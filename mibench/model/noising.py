@@ -3,7 +3,7 @@
 Causal tracing corrupts a run not with a counterfactual prompt but by adding Gaussian noise to the
 token embeddings (``hook_embed``, before the positional embedding is added) at chosen positions.
 This module builds that noise once, from a seed, and applies it with a TransformerLens hook
-context, so that it composes with :func:`mibench.ablation.run_with_values` (which restores clean
+context, so that it composes with :func:`mibench.model.ablation.run_with_values` (which restores clean
 values inside the noised run):
 
     noise = embedding_noise(model, prompts, key_positions(prompts, labels), scale=3.0, seed=seed)
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-EMBED_HOOK = "hook_embed"
+from mibench.model.hooks import EMBED
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,8 @@ def embedding_noise(model, prompts, index: torch.Tensor, scale: float = 3.0,
     (``[n, k]``, e.g. from :func:`key_positions`), with standard deviation ``scale`` × the std of
     the clean token embeddings; seeded, so one run draws the same noise however often it is applied."""
     with torch.no_grad():
-        _, cache = model.run_with_cache(prompts.clean, names_filter=lambda name: name == EMBED_HOOK)
-    embed = cache[EMBED_HOOK]
+        _, cache = model.run_with_cache(prompts.clean, names_filter=lambda name: name == EMBED)
+    embed = cache[EMBED]
     std = float(embed.std()) * scale
     index = index.long()
     generator = torch.Generator().manual_seed(int(seed))
@@ -69,5 +69,5 @@ def noised(model, noise: EmbeddingNoise):
     def hook(act, hook):  # noqa: ARG001 - TransformerLens hook signature
         return noise.add_to(act)
 
-    with model.hooks(fwd_hooks=[(EMBED_HOOK, hook)]):
+    with model.hooks(fwd_hooks=[(EMBED, hook)]):
         yield

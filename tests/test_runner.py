@@ -1,0 +1,89 @@
+"""The runner: certified (case, seed) units, the production fast path, skips, error runs and
+weight restoration."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import prepared
+from mibench.api import Technique, make_scores
+from mibench.model import ablation
+from mibench.registry import load_case, load_technique
+from mibench.runner import RunSpec, run_grid, run_one
+
+
+def test_patching_runs_use_the_trimmed_path(monkeypatch):
+    """Exact patching through the runner unembeds only the positions the case's metric reads."""
+    prep = prepared("induction", 0)
+    seen = []
+    original = ablation.BaseRun.__init__
+
+    def recording(self, model, tokens, positions=None, read_positions=None):
+        seen.append(read_positions)
+        original(self, model, tokens, positions, read_positions)
+
+    monkeypatch.setattr(ablation.BaseRun, "__init__", recording)
+    record = run_one(load_technique("activation_patching"), prep)
+    assert record.status == "ok", record.error
+    assert seen == [prep.case.metric_positions(prep.prompts)]
+    assert seen[0] == list(range(11, 20))  # the repeated half, not every position
+
+
+def test_trimmed_scores_equal_untrimmed(monkeypatch):
+    """The trimmed path changes the cost, not the numbers."""
+    prep = prepared("ioi", 0)
+    trimmed = run_one(load_technique("activation_patching"), prep).scores
+    original = ablation.BaseRun.__init__
+    monkeypatch.setattr(ablation.BaseRun, "__init__",
+                        lambda self, model, tokens, positions=None, read_positions=None:
+                        original(self, model, tokens, positions, None))
+    full = run_one(load_technique("activation_patching"), prep).scores
+    assert pd.Series(trimmed).sub(pd.Series(full)).abs().max() < 1e-5
+
+
+def test_granularity_without_truth_is_skipped_with_the_reason():
+    prep = prepared("induction", 0)
+    record = run_one(load_technique("linear_probe"), prep, "site")
+    assert record.status == "skipped"
+    assert "no ground truth at 'site'" in record.error and "node, edge, layer" in record.error
+
+
+class _Mutates(Technique):
+    name = "mutates_weights"
+
+    def attribute(self, view):
+        with torch.no_grad():
+            next(view.model.parameters()).add_(1.0)
+        return make_scores({c: 0.0 for c in view.components()})
+
+
+def test_a_technique_that_changes_weights_is_an_error_and_the_model_is_restored():
+    prep = prepared("induction", 0)
+    before = [p.detach().clone() for p in prep.instance.model.parameters()]
+    record = run_one(_Mutates(), prep)
+    assert record.status == "error" and "changed the model's weights" in record.error
+    assert all(torch.equal(a, b) for a, b in zip(before, prep.instance.model.parameters()))
+
+
+def test_grid_writes_each_record_and_counts_applicable_runs(tmp_path):
+    """A grid of one technique at two granularities on two cases: the extra granularity runs only
+    where the case has truth for it, and every record is written."""
+    specs = [RunSpec(load_technique("random"), "node"),
+             RunSpec(load_technique("random"), "site", asked=False)]
+    cases = [load_case("induction"), load_case("trap_decodable_unused")]
+    records = run_grid(specs, cases, [0], tmp_path, progress=False)
+    labels = sorted((r.technique, r.case) for r in records)
+    assert labels == [("random", "induction"), ("random", "trap_decodable_unused"),
+                      ("random@site", "trap_decodable_unused")]
+    assert all(r.status == "ok" for r in records)
+    assert len(list(tmp_path.glob("*/*/seed0.json"))) == 3
+
+
+@pytest.mark.parametrize("case_name", ["trap_and_gate", "trap_suppression"])
+def test_truth_in_circuit_yaml_is_scored(case_name):
+    """Granularities follow from the truth: trap cases' edge and layer truth is scored."""
+    case = load_case(case_name)
+    assert case.granularities == tuple(case.build(0).truth.granularities())
+    record = run_one(load_technique("attribution_patching"), prepared(case_name, 0), "edge")
+    assert record.status == "ok" and record.metrics["auroc"] is not None
