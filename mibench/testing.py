@@ -40,13 +40,14 @@ class CheckSkipped(Exception):
 
 @lru_cache(maxsize=4)
 def _smallest_case(granularity: str):
-    """The cheapest case with truth at ``granularity``: (case, test prompts, train prompts)."""
+    """The cheapest case with truth at ``granularity``: (case, test prompts, train prompts).
+
+    Granularities are read from each case class itself rather than from the listing cache."""
     from mibench.registry import case_entries, load_case
 
-    entries = sorted(case_entries().values(), key=lambda e: (e.name != "induction", e.name))
-    for entry in entries:
-        if granularity in entry.meta.get("granularities", ("node",)):
-            case = load_case(entry.name)
+    for name in sorted(case_entries(), key=lambda n: (n != "induction", n)):
+        case = load_case(name)
+        if granularity in case.granularities:
             return case, case.prompts(N_PROMPTS, 0, "test"), case.prompts(N_PROMPTS, 0, "train")
     raise CheckSkipped(f"no case has ground truth at {granularity!r} granularity")
 

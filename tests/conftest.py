@@ -1,12 +1,19 @@
 """Shared fixtures: cases are built once per session (building is deterministic per seed)."""
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def pytest_configure(config):
+    """Keep the registry's metadata cache out of the user's cache folder (set before collection,
+    which already lists techniques; subprocesses of the CLI tests inherit it)."""
+    os.environ["MIBENCH_CACHE_DIR"] = str(config.cache.mkdir("mibench-registry-cache"))
 
 
 @lru_cache(maxsize=None)

@@ -100,3 +100,11 @@ def test_case_patterns():
     assert case_names("induction,trap_b*") == ["induction", "trap_backup", "trap_bias_component"]
     with pytest.raises(MibenchError, match="no case matches 'nope_\\*'"):
         case_names("nope_*")
+
+
+def test_closed_pipe_exits_quietly():
+    proc = subprocess.Popen([sys.executable, "-m", "mibench.cli.main", "list", "techniques"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before mibench writes, as with `| head -3`
+    err = proc.stderr.read()
+    assert proc.wait() == 141 and err == ""

@@ -1,4 +1,5 @@
-"""``mibench list cases|techniques``: what is registered (read from source, no heavy imports)."""
+"""``mibench list cases|techniques``: what is registered, from the registry's metadata cache (so
+only files changed since the last listing are imported)."""
 from __future__ import annotations
 
 from tabulate import tabulate
@@ -14,14 +15,13 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     if args.what == "cases":
-        rows = [[e.name, e.meta.get("tier", ""), ", ".join(e.meta.get("granularities", ("node",))),
-                 e.meta.get("description", ""), e.meta.get("citation", "")]
+        rows = [[e.name, e.meta["tier"], ", ".join(e.meta["granularities"]), e.meta["description"],
+                 e.meta["citation"]]
                 for e in case_entries().values()]
         print(tabulate(rows, headers=["case", "tier", "granularities", "circuit", "models"]))
     else:
-        rows = [[e.name, ", ".join(e.meta.get("granularities") or (e.meta.get("granularity", "?"),)),
-                 e.meta.get("cost", ""),
-                 e.meta.get("description", ""), e.source if not e.source.endswith(".py") else ""]
+        rows = [[e.name, ", ".join(e.meta["granularities"]), e.meta["cost"], e.meta["description"],
+                 e.source if not e.source.endswith(".py") else ""]
                 for e in technique_entries().values()]
         print(tabulate(rows, headers=["technique", "granularities", "cost", "what it does", "entry point"]))
     return 0

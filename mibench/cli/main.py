@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mibench import __version__
@@ -27,10 +28,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: Python flushes it again at exit, which would raise once more."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return SUBCOMMANDS[args.command].main(args)
+        code = SUBCOMMANDS[args.command].main(args)
+        sys.stdout.flush()  # so that a closed pipe shows up here rather than at interpreter exit
+        return code
+    except BrokenPipeError:  # the reader stopped early (`mibench list techniques | head -3`)
+        _silence_stdout()
+        return 141  # what a shell reports for a command killed by SIGPIPE (128 + 13)
     except MibenchError as exc:
         print(f"mibench: error: {exc}", file=sys.stderr)
         return 2
