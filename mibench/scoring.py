@@ -50,28 +50,6 @@ def _as_arrays(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     return s, y
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ascending ranks, tied values getting the mean of the ranks they span."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    # start index of each run of equal values
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
-    ends = np.r_[starts[1:], xs.size]  # exclusive
-    avg = (starts + ends + 1) / 2.0  # mean of ranks starts+1 … ends
-    run_of = np.repeat(np.arange(starts.size), ends - starts)
-    ranks = np.empty(x.size, dtype="float64")
-    ranks[order] = avg[run_of]
-    return ranks
-
-
-def _min_ranks_desc(x: np.ndarray) -> np.ndarray:
-    """1-based rank by descending score; tied items all get the best (smallest) rank of their tie
-    ("1224" competition ranking): 1 + the number of items scored strictly higher."""
-    asc = np.sort(x)
-    n_greater = x.size - np.searchsorted(asc, x, side="right")
-    return (n_greater + 1).astype(int)
-
-
 def _topk_weights(x: np.ndarray, k: int) -> np.ndarray:
     """Probability that each item is in the top ``k`` under uniformly random tie-breaking.
 
@@ -118,38 +96,29 @@ def _check_members(scores: pd.Series, truth_labels: dict[str, str]) -> None:
 # --- ranking metrics --------------------------------------------------------------------------
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve via the Mann–Whitney U statistic, tied scores averaged.
+    """Area under the ROC curve (``sklearn.metrics.roc_auc_score``): the probability that a random
+    positive outscores a random negative, counting ties as one half (tied scores get their averaged
+    rank, as in the Mann–Whitney U statistic). NaN if the labels are all 0 or all 1, where sklearn
+    would raise."""
+    from sklearn.metrics import roc_auc_score
 
-    AUROC = (Σ rank of positives − P(P+1)/2) / (P·N) with averaged ranks, i.e. the probability that
-    a random positive outscores a random negative, counting ties as one half. NaN if the labels
-    are all 0 or all 1.
-    """
     s, y = _as_arrays(scores, labels)
     n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if n_pos == 0 or n_pos == y.size:
         return float("nan")
-    ranks = _average_ranks(s)
-    u = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    return float(roc_auc_score(y, s))
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Average precision, as sklearn's ``average_precision_score``: Σₙ (Rₙ − Rₙ₋₁)·Pₙ over the
+    """Average precision (``sklearn.metrics.average_precision_score``): Σₙ (Rₙ − Rₙ₋₁)·Pₙ over the
     distinct score thresholds in descending order (tied scores form one threshold). NaN if there
-    are no positives."""
+    are no positives, where sklearn would warn and return 0."""
+    from sklearn.metrics import average_precision_score
+
     s, y = _as_arrays(scores, labels)
-    n_pos = y.sum()
-    if n_pos == 0:
+    if y.sum() == 0:
         return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order]
-    # last index of each run of equal scores = one threshold
-    last = np.flatnonzero(np.r_[s_sorted[1:] != s_sorted[:-1], True])
-    tps = np.cumsum(y_sorted)[last]
-    precision = tps / (last + 1)
-    recall = tps / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(average_precision_score(y, s))
 
 
 def precision_recall_f1_at_k(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[float, float, float]:
@@ -216,12 +185,14 @@ def failures(scores: pd.Series, truth_labels: dict[str, str], k: int,
 
     An all-equal score vector therefore reports every truth member missed.
     """
+    from scipy.stats import rankdata
+
     k = _check_k(k)
     values = _series(scores)
     _check_members(values, truth_labels)
     x = values.to_numpy()
     weights = _topk_weights(x, k)
-    ranks = _min_ranks_desc(x)
+    ranks = rankdata(-x, method="min").astype(int)  # "1224" ranking by descending score
     order = np.lexsort((np.arange(x.size), ranks))  # by rank, then series order
     missed: list[dict[str, Any]] = []
     false_pos: list[dict[str, Any]] = []
@@ -353,12 +324,14 @@ def score_run(scores: pd.Series, truth: "Truth", granularity: str, signed: bool,
 # --- over seeds -------------------------------------------------------------------------------
 
 def aggregate(values: Iterable[float | None], seed: int = 0, n_boot: int = 2000) -> dict[str, Any]:
-    """Mean and 95 % percentile-bootstrap interval of per-seed values.
+    """Mean and 95 % percentile-bootstrap interval of per-seed values (``scipy.stats.bootstrap``).
 
     None and NaN entries are ignored and counted as ``n_missing``. Deterministic: resampling uses
     ``numpy.random.default_rng(seed)``. With one value (or all values equal) ``low = high = mean``;
     with none, ``mean``, ``low`` and ``high`` are None. Returns ``{mean, low, high, n, n_missing}``.
     """
+    from scipy.stats import bootstrap
+
     raw = list(values)
     kept = [float(v) for v in raw if v is not None and not math.isnan(float(v))]
     n_missing = len(raw) - len(kept)
@@ -366,11 +339,13 @@ def aggregate(values: Iterable[float | None], seed: int = 0, n_boot: int = 2000)
     if n == 0:
         return {"mean": None, "low": None, "high": None, "n": 0, "n_missing": n_missing}
     arr = np.asarray(kept, dtype="float64")
-    if np.all(arr == arr[0]):  # one value or all equal; exact (a float mean can be off by an ulp)
+    # One value or all equal: the interval is that value, exactly (a float mean can be off by an
+    # ulp). scipy's bootstrap could not say so: it needs two values and warns on degenerate data.
+    if np.all(arr == arr[0]):
         mean = float(arr[0])
         return {"mean": mean, "low": mean, "high": mean, "n": n, "n_missing": n_missing}
-    mean = float(arr.mean())
-    rng = np.random.default_rng(seed)
-    boot = arr[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
-    low, high = np.percentile(boot, [2.5, 97.5])
-    return {"mean": mean, "low": float(low), "high": float(high), "n": n, "n_missing": n_missing}
+    boot = bootstrap((arr,), np.mean, n_resamples=n_boot, confidence_level=0.95,
+                     method="percentile", rng=np.random.default_rng(seed))
+    low, high = boot.confidence_interval
+    return {"mean": float(arr.mean()), "low": float(low), "high": float(high), "n": n,
+            "n_missing": n_missing}

@@ -2,12 +2,14 @@
 and the terminal drill-down, so every view shows the same numbers."""
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import ConstantInputWarning
 
 from mibench.results import RunRecord
 from mibench.scoring import aggregate
@@ -102,11 +104,13 @@ def agreement(records: list[RunRecord], a: str, b: str) -> dict[str, dict[str, A
             continue
         rhos, disagree = [], []
         for seed in seeds:
-            sa = pd.Series(runs[(a, case, seed)].scores)
-            sb = pd.Series(runs[(b, case, seed)].scores).reindex(sa.index)
-            ra, rb = sa.abs().rank(ascending=False), sb.abs().rank(ascending=False)
-            rho = ra.corr(rb, method="pearson")  # Pearson on ranks = Spearman
+            sa = pd.Series(runs[(a, case, seed)].scores).abs()
+            sb = pd.Series(runs[(b, case, seed)].scores).reindex(sa.index).abs()
+            with warnings.catch_warnings():  # constant scores: rho is undefined, recorded as None
+                warnings.simplefilter("ignore", ConstantInputWarning)
+                rho = sa.corr(sb, method="spearman")
             rhos.append(None if pd.isna(rho) else float(rho))
+            ra, rb = sa.rank(ascending=False), sb.rank(ascending=False)
             if seed == seeds[0]:
                 gap = (ra - rb).abs().sort_values(ascending=False, kind="stable")
                 truth = runs[(a, case, seed)].truth_labels
