@@ -14,13 +14,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mibench import __version__
+from mibench import __version__, metrics
 from mibench.api import MibenchError
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "error", "skipped", "uncertified")
-JSON_KEYS = ("technique", "case", "seed", "granularity", "status", "auroc", "ap", "precision_at_k",
-             "recall_at_k", "f1_at_k", "faithfulness", "runtime_s", "error")
 
 
 @dataclass
@@ -49,17 +47,15 @@ class RunRecord:
     schema_version: int = SCHEMA_VERSION
 
     def summary(self) -> dict[str, Any]:
-        """The flat view printed by ``mibench run --json``."""
-        out = {key: getattr(self, key, None) for key in ("technique", "case", "seed", "granularity",
-                                                         "status", "runtime_s", "error")}
-        for key in ("auroc", "ap", "precision_at_k", "recall_at_k", "f1_at_k", "faithfulness",
-                    "faithfulness_counterfactual", "answer_layer_error", "fooled"):
-            out[key] = self.metrics.get(key)
-        out["forward_passes"] = self.forward_passes
-        out["backward_passes"] = self.backward_passes
-        extra = ("faithfulness_counterfactual", "answer_layer_error", "fooled", "forward_passes",
-                 "backward_passes")
-        return {key: out[key] for key in (*JSON_KEYS, *extra)}
+        """The flat view printed by ``mibench run --json``: the run, every metric of the table
+        (None where not defined or not computed, so every line has the same keys), the trap
+        verdict and the passes."""
+        return {"technique": self.technique, "case": self.case, "seed": self.seed,
+                "granularity": self.granularity, "status": self.status,
+                "runtime_s": self.runtime_s, "error": self.error,
+                **{m.name: self.metrics.get(m.name) for m in metrics.METRICS},
+                "fooled": self.metrics.get("fooled"),
+                "forward_passes": self.forward_passes, "backward_passes": self.backward_passes}
 
     def to_json(self) -> dict[str, Any]:
         return _clean(asdict(self))

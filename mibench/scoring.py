@@ -19,6 +19,7 @@ by the order of the Scores series (stable sort on descending score).
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
@@ -247,6 +248,53 @@ def faithfulness(scores: pd.Series, ablator: "Ablator", k: int) -> dict[str, Any
 
 # --- one run ----------------------------------------------------------------------------------
 
+def answer_layer_error(scores: pd.Series, answer_layer: int | None) -> int | None:
+    """|index of the top-scored layer − ``answer_layer``| for layer scores (``L0``, ``L1``, …), the
+    lowest layer winning a tie for the top; None when the truth names no answer layer."""
+    if answer_layer is None:
+        return None
+    values = _series(scores)
+    x = values.to_numpy()
+    layer_idx = np.array([names.parse_layer(n) for n in values.index])
+    best = int(layer_idx[x == x.max()].min())
+    return int(abs(best - int(answer_layer)))
+
+
+class Ranking:
+    """One run's scores lined up against its truth set: what each metric of
+    :data:`mibench.metrics.METRICS` is computed from (``metric.compute(ranking)``).
+
+    ``values`` are what scoring ranks by (magnitudes for signed techniques), ``labels`` are 1 for
+    truth-set members, ``k`` is the truth-set size. ``ablators`` maps each faithfulness metric's
+    name to the ablator it keeps nodes with (None when the run has none); the curve behind each
+    faithfulness value is kept in ``curves`` under the same name.
+    """
+
+    def __init__(self, values: pd.Series, truth_labels: dict[str, str], answer_layer: int | None,
+                 ablators: dict[str, "Ablator | None"]):
+        self.values = values
+        self.x = values.to_numpy()
+        self.labels = np.array([1 if name in truth_labels else 0 for name in values.index])
+        self.k = len(truth_labels)
+        self.answer_layer = answer_layer
+        self.ablators = ablators
+        self.curves: dict[str, list[dict[str, Any]]] = {}
+
+    @cached_property
+    def at_k(self) -> tuple[float, float, float]:
+        """Precision, recall and F1 of the top k, computed once for the three metrics."""
+        return precision_recall_f1_at_k(self.x, self.labels, self.k)
+
+    def faithfulness(self, metric: str) -> float | None:
+        """The faithfulness value with the ablator given for ``metric``; None without one."""
+        ablator = self.ablators.get(metric)
+        if ablator is None:
+            return None
+        out = faithfulness(self.values, ablator, self.k)
+        self.curves[metric] = out["curve"]
+        return out["faithfulness"]
+
+
 def _nan_to_none(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
@@ -257,65 +305,48 @@ def score_run(scores: pd.Series, truth: "Truth", granularity: str, signed: bool,
     """All metrics of one (technique, case, seed) at one granularity, as a flat JSON-ready dict.
 
     The truth set is ``truth.labels(granularity)``; k is its size. Signed scores are ranked by
-    magnitude. Keys: ``auroc, ap, precision_at_k, recall_at_k, f1_at_k, k, n_components,
-    recall_by_role, failures, faithfulness, faithfulness_curve`` (the last two None unless
-    granularity is ``node`` and an ablator is given), plus ``answer_layer_error`` for ``layer``
-    granularity (|index of the top-scored layer − truth.answer_layer|, the lowest layer winning a
-    tie; None when the truth has no answer layer). Metrics that are undefined (for example AUROC
-    when every component is in the truth set) are None.
+    magnitude. Keys:
 
-    With a ``counterfactual`` ablator (nodes replaced by their output on the corrupted prompts,
-    MIB's counterfactual ablation) also ``faithfulness_counterfactual`` and its curve: it sees
-    components whose output is the same on every clean prompt (a LayerNorm-scale or bias-like
-    component), which resample ablation cannot remove.
-
-    On a trap case (``trap=True``) also ``fooled`` and ``fooled_reason``: the technique is fooled
-    when its top k is not exactly the truth set (a truth component missed, a distractor ranked in)
-    or, at layer granularity, when it names the wrong answer layer.
+    * every metric of :data:`mibench.metrics.METRICS` defined at ``granularity``, under its name
+      (None where undefined, for example AUROC when every component is in the truth set, or
+      faithfulness without an ablator). ``ablator`` drives ``faithfulness`` (resample ablation);
+      ``counterfactual`` drives ``faithfulness_counterfactual`` (nodes replaced by their output
+      on the corrupted prompts, MIB's counterfactual ablation, which also removes components
+      whose output is the same on every clean prompt);
+    * ``k``, ``n_components``, ``recall_by_role``, ``failures``, and for each faithfulness
+      metric its ``{name}_curve`` (None without an ablator), which the report plots;
+    * on a trap case (``trap=True``) ``fooled`` and ``fooled_reason``: the technique is fooled
+      when its top k is not exactly the truth set (a truth component missed, a distractor ranked
+      in) or, at layer granularity, when it names the wrong answer layer.
     """
+    from mibench import metrics  # here, not at the top: mibench.metrics calls this module's functions
+
     truth_labels = truth.labels(granularity)
     if not truth_labels:
         raise ValueError(f"the truth has no {granularity!r} components; cannot score this "
                          f"granularity (truth granularities: {', '.join(truth.granularities())})")
     ranked = rank_for_scoring(scores, signed)
     _check_members(ranked, truth_labels)
-    k = len(truth_labels)
-    x = ranked.to_numpy()
-    y = np.array([1 if name in truth_labels else 0 for name in ranked.index])
-    p, r, f1 = precision_recall_f1_at_k(x, y, k)
-    out: dict[str, Any] = {
-        "auroc": _nan_to_none(auroc(x, y)),
-        "ap": _nan_to_none(average_precision(x, y)),
-        "precision_at_k": _nan_to_none(p),
-        "recall_at_k": _nan_to_none(r),
-        "f1_at_k": _nan_to_none(f1),
-        "k": int(k),
-        "n_components": int(x.size),
-        "recall_by_role": recall_by_role(ranked, truth_labels, k),
-        "failures": failures(ranked, truth_labels, k),
-        "faithfulness": None,
-        "faithfulness_curve": None,
-    }
-    for key, abl in (("faithfulness", ablator), ("faithfulness_counterfactual", counterfactual)):
-        if granularity == "node" and abl is not None:
-            faith = faithfulness(ranked, abl, k)
-            out[key] = _nan_to_none(faith["faithfulness"])
-            out[f"{key}_curve"] = [{**c, "recovered": _nan_to_none(c["recovered"])} for c in faith["curve"]]
-    if granularity == "layer":
-        if truth.answer_layer is None:
-            out["answer_layer_error"] = None
-        else:
-            layer_idx = np.array([names.parse_layer(n) for n in ranked.index])
-            best = int(layer_idx[x == x.max()].min())
-            out["answer_layer_error"] = int(abs(best - int(truth.answer_layer)))
+    run = Ranking(ranked, truth_labels, truth.answer_layer,
+                  ablators={"faithfulness": ablator, "faithfulness_counterfactual": counterfactual})
+    out: dict[str, Any] = {m.name: _nan_to_none(m.compute(run)) for m in metrics.applicable(granularity)}
+    out.update(k=run.k, n_components=int(run.x.size),
+               recall_by_role=recall_by_role(ranked, truth_labels, run.k),
+               failures=failures(ranked, truth_labels, run.k))
+    for name in run.ablators:
+        if name in out:
+            curve = run.curves.get(name)
+            out[f"{name}_curve"] = (None if curve is None else
+                                    [{**c, "recovered": _nan_to_none(c["recovered"])} for c in curve])
     if trap:
         reasons = []
-        if out["precision_at_k"] is not None and out["precision_at_k"] < 1.0:
+        if run.at_k[0] < 1.0:
             missed = ", ".join(f"{m['component']} ({m['role']}, rank {m['rank']})"
                                for m in out["failures"]["missed"][:3])
-            reasons.append(f"top-{k} is not the truth set" + (f"; missed {missed}" if missed else ""))
-        if out.get("answer_layer_error"):
-            reasons.append(f"answer layer off by {out['answer_layer_error']}")
+            reasons.append(f"top-{run.k} is not the truth set" + (f"; missed {missed}" if missed else ""))
+        layer_error = answer_layer_error(ranked, truth.answer_layer) if granularity == "layer" else None
+        if layer_error:
+            reasons.append(f"answer layer off by {layer_error}")
         out["fooled"] = bool(reasons)
         out["fooled_reason"] = "; ".join(reasons)
     return out

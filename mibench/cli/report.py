@@ -21,6 +21,7 @@ def main(args) -> int:
     from tabulate import tabulate
 
     from mibench.api import MibenchError
+    from mibench.metrics import applicable, format_value
     from mibench.registry import unknown_name_error
     from mibench.results import load_records, result_path
 
@@ -40,9 +41,9 @@ def main(args) -> int:
     print(f"{record['technique']} on {record['case']} seed {record['seed']} ({record['granularity']}): "
           f"{record['status']}" + (f" — {record['error']}" if record.get("error") else ""))
     if record["status"] == "ok":
-        print("  " + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("auroc", "ap", "precision_at_k", "recall_at_k",
-                                                                   "f1_at_k", "faithfulness")
-                               if metrics.get(k) is not None)
+        shown = [f"{m.label} {format_value(metrics[m.name])}" for m in applicable(record["granularity"])
+                 if metrics.get(m.name) is not None]
+        print("  " + ", ".join(shown)
               + f"   k = {metrics['k']}, runtime {record['runtime_s']:.2f}s, "
                 f"passes {record['forward_passes']:g} fwd + {record['backward_passes']:g} bwd")
         ranked = sorted(record["scores"].items(), key=lambda kv: -abs(kv[1]))

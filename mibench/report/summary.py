@@ -11,11 +11,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import ConstantInputWarning
 
+from mibench import metrics
 from mibench.results import RunRecord
 from mibench.scoring import aggregate
-
-METRICS = (("auroc", "AUROC"), ("ap", "AP"), ("f1_at_k", "F1@k"), ("faithfulness", "faithfulness"),
-           ("faithfulness_counterfactual", "faithful. (cf)"))
 
 #: technique pairs whose agreement the literature discusses; shown in the agreement table
 FEATURED_PAIRS = (("activation_patching", "attribution_patching"),
@@ -28,6 +26,11 @@ FEATURED_PAIRS = (("activation_patching", "attribution_patching"),
 
 def ok(records: list[RunRecord]) -> list[RunRecord]:
     return [r for r in records if r.status == "ok"]
+
+
+def metric_columns(records: list[RunRecord]) -> tuple[metrics.Metric, ...]:
+    """The metric columns of a table of these runs (see :func:`mibench.metrics.columns`)."""
+    return metrics.columns({r.granularity for r in records})
 
 
 def stat(records: list[RunRecord], key: str) -> dict[str, Any]:
