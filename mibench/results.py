@@ -1,24 +1,75 @@
 """One typed, versioned record per (technique, case, seed) run, written atomically.
 
 Layout: ``{results}/{technique}/{case}/seed{seed}.json``. Each file carries the provenance needed
-to trust it (versions, truth hash, prompt counts, runtime, passes) and the technique's full scores,
-so the report is a pure function of these files.
+to trust it (versions, the mibench commit, when it ran, truth hash, prompt counts, runtime,
+passes) and the technique's full scores, so the report is a pure function of these files.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import platform
+import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from mibench import __version__, metrics
 from mibench.api import MibenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: provenance (commit, run time, Python / torch / transformer-lens versions)
 STATUSES = ("ok", "error", "skipped", "uncertified")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What produced a result, besides the technique and case: the same for every run of a process."""
+
+    mibench_commit: str | None  # None outside a git checkout of mibench
+    python_version: str
+    torch_version: str | None  # None if not installed
+    transformer_lens_version: str | None
+
+
+def _git_commit(package: Path) -> str | None:
+    """HEAD of the git checkout holding ``package``; None when there is none or git is missing.
+
+    The checkout must be the package's own (its top level is the package's parent): mibench
+    installed into a site-packages folder that happens to lie inside another repository must not
+    report that repository's commit."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=package,
+                             capture_output=True, text=True, timeout=10, check=True).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if len(out) != 2 or Path(out[0]).resolve() != package.resolve().parent:
+        return None
+    return out[1]
+
+
+def _installed_version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@functools.cache
+def provenance() -> Provenance:
+    """This process's provenance, computed once (one ``git`` call); never raises."""
+    return Provenance(mibench_commit=_git_commit(Path(__file__).parent),
+                      python_version=platform.python_version(),
+                      torch_version=_installed_version("torch"),
+                      transformer_lens_version=_installed_version("transformer-lens"))
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -44,6 +95,12 @@ class RunRecord:
     shape: dict[str, int] = field(default_factory=dict)  # n_layers, n_heads, d_mlp of the model
     certificate: dict[str, Any] | None = None
     mibench_version: str = __version__
+    # Provenance, filled in when the record is made (runner.run_one makes it as the run starts).
+    mibench_commit: str | None = field(default_factory=lambda: provenance().mibench_commit)
+    python_version: str = field(default_factory=lambda: provenance().python_version)
+    torch_version: str | None = field(default_factory=lambda: provenance().torch_version)
+    transformer_lens_version: str | None = field(default_factory=lambda: provenance().transformer_lens_version)
+    created_utc: str = field(default_factory=_utc_now)  # ISO 8601
     schema_version: int = SCHEMA_VERSION
 
     def summary(self) -> dict[str, Any]:
@@ -117,12 +174,14 @@ def load_records(root: str | Path) -> tuple[list[RunRecord], list[Excluded]]:
             version = data.get("schema_version") if isinstance(data, dict) else None
             excluded.append(Excluded(str(path), f"schema_version {version!r}, expected {SCHEMA_VERSION}"))
             continue
-        unknown = set(data) - known
+        unknown, missing = set(data) - known, known - set(data)
         if unknown:
             excluded.append(Excluded(str(path), f"unknown fields {sorted(unknown)}"))
             continue
-        try:
-            records.append(RunRecord(**data))
-        except TypeError as exc:
-            excluded.append(Excluded(str(path), f"missing fields: {exc}"))
+        # write_record writes every field; a missing one must not be filled in with a default (the
+        # provenance defaults would describe this process, not the run)
+        if missing:
+            excluded.append(Excluded(str(path), f"missing fields {sorted(missing)}"))
+            continue
+        records.append(RunRecord(**data))
     return records, excluded

@@ -97,7 +97,8 @@ def _failures(records, case: str) -> str:
 def render_report(records: list[RunRecord], excluded: list[Excluded]) -> str:
     records = sorted(records, key=lambda r: (r.case, r.technique, r.seed))
     cases = sorted({r.case for r in records})
-    parts = [f"<h1>mibench report</h1><p class='note'>{_prose(markdown.INTRO)}</p>", _metric_notes(records),
+    parts = [f"<h1>mibench report</h1><p class='note'>{_prose(markdown.INTRO)} {_prose(S.commits_note(records))}</p>",
+             f"<p class='note'>{_esc(markdown.METRICS_HEADING)}</p>", _metric_notes(records),
              "<nav>" + "".join(f'<a href="#case-{_esc(c)}">{_esc(c)}</a>' for c in cases) + "</nav>",
              "<h2>Overall</h2>", _overall(records),
              _figure(figures.cost_quality(records), "Each point is a technique: mean runtime per run "

@@ -3,7 +3,7 @@ and the terminal drill-down, so every view shows the same numbers."""
 from __future__ import annotations
 
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,6 +120,17 @@ def agreement(records: list[RunRecord], a: str, b: str) -> dict[str, dict[str, A
                 disagree = [(n, int(ra[n]), int(rb[n]), truth.get(n, "")) for n in gap.index[:3] if gap[n] > 0]
         out[case] = {"spearman": aggregate(rhos), "disagree": disagree, "seed": seeds[0]}
     return out
+
+
+def commits_note(records: list[RunRecord]) -> str:
+    """Which mibench commits produced the results, with run counts. Only what is the same on every
+    regeneration from the same files: the run dates and machines stay in the result files."""
+    counts = Counter(r.mibench_commit for r in records)
+    sources = sorted((f"mibench commit `{c[:12]}`" if c else "a mibench copy outside git", n)
+                     for c, n in counts.items())
+    if len(sources) <= 1:
+        return f"All results come from {sources[0][0]}." if sources else "No results."
+    return "Results come from " + ", ".join(f"{s} ({n} run{'s' * (n > 1)})" for s, n in sources) + "."
 
 
 def certificates(records: list[RunRecord]) -> dict[str, dict[int, dict[str, Any]]]:
