@@ -156,32 +156,46 @@ class Excluded:
     reason: str
 
 
+class UnusableRecord(MibenchError):
+    """A result file that is not a record of this schema; ``reason`` says why (without the path)."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"result file {str(path)!r} is unusable: {reason}; re-run it with `mibench run`")
+        self.path, self.reason = str(path), reason
+
+
+def load_record(path: str | Path) -> RunRecord:
+    """One result file, checked: readable JSON, this schema version, exactly the record's fields.
+    Anything else raises :class:`UnusableRecord`, a one-line MibenchError naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UnusableRecord(path, f"unreadable JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        raise UnusableRecord(path, f"schema_version {version!r}, expected {SCHEMA_VERSION}")
+    known = set(RunRecord.__dataclass_fields__)
+    unknown, missing = set(data) - known, known - set(data)
+    if unknown:
+        raise UnusableRecord(path, f"unknown fields {sorted(unknown)}")
+    # write_record writes every field; a missing one must not be filled in with a default (the
+    # provenance defaults would describe this process, not the run)
+    if missing:
+        raise UnusableRecord(path, f"missing fields {sorted(missing)}")
+    return RunRecord(**data)
+
+
 def load_records(root: str | Path) -> tuple[list[RunRecord], list[Excluded]]:
-    """Every readable record under ``root`` plus the files excluded and why (never silently)."""
+    """Every usable record under ``root`` plus the files excluded and why (never silently)."""
     root = Path(root)
     if not root.is_dir():
         raise MibenchError(f"results folder {str(root)!r} does not exist; run `mibench run` first "
                            f"or pass --results DIR")
     records, excluded = [], []
-    known = set(RunRecord.__dataclass_fields__)
     for path in sorted(root.glob("*/*/seed*.json")):
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            excluded.append(Excluded(str(path), f"unreadable JSON: {exc}"))
-            continue
-        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
-            version = data.get("schema_version") if isinstance(data, dict) else None
-            excluded.append(Excluded(str(path), f"schema_version {version!r}, expected {SCHEMA_VERSION}"))
-            continue
-        unknown, missing = set(data) - known, known - set(data)
-        if unknown:
-            excluded.append(Excluded(str(path), f"unknown fields {sorted(unknown)}"))
-            continue
-        # write_record writes every field; a missing one must not be filled in with a default (the
-        # provenance defaults would describe this process, not the run)
-        if missing:
-            excluded.append(Excluded(str(path), f"missing fields {sorted(missing)}"))
-            continue
-        records.append(RunRecord(**data))
+            records.append(load_record(path))
+        except UnusableRecord as exc:
+            excluded.append(Excluded(exc.path, exc.reason))
     return records, excluded

@@ -86,3 +86,17 @@ def test_files_missing_a_field_are_excluded_not_filled_in(tmp_path):
     path.write_text(json.dumps(data))
     records, excluded = load_records(tmp_path)
     assert not records and "missing fields ['created_utc']" in excluded[0].reason
+
+
+def test_load_record_says_which_file_and_what_is_wrong(tmp_path):
+    import pytest
+
+    from mibench.api import MibenchError
+    from mibench.results import load_record
+
+    path = write_record(tmp_path, _record())
+    assert load_record(path).technique == "dla"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "extra": 1}))
+    with pytest.raises(MibenchError, match=r"seed0\.json' is unusable: unknown fields \['extra'\]") as info:
+        load_record(path)
+    assert len(str(info.value).splitlines()) == 1
