@@ -103,13 +103,10 @@ def render_report(records: list[RunRecord], excluded: list[Excluded]) -> str:
              "<h2>Overall</h2>", _overall(records),
              _figure(figures.cost_quality(records), "Each point is a technique: mean runtime per run "
                      "against mean AUROC over the cases it ran on. Dotted line: chance.")]
-    traps = markdown.traps_table(records)
+    traps = markdown.traps_rows(records)
     if traps:
-        rows = [line.strip("|").split("|") for line in traps.splitlines()[2:]]
-        headers = [h.strip() for h in traps.splitlines()[0].strip("|").split("|")]
         parts += ["<h2>Traps</h2><p class='note'>A run is fooled when its top k is not the truth set "
-                  "or it names the wrong answer layer.</p>",
-                  _table(headers, [[c.strip() for c in row] for row in rows])]
+                  "or it names the wrong answer layer.</p>", _table(*traps)]
     parts += ["<h2>Recall by role</h2><p class='note'>Mean recall@k of each role's components: which "
               "roles each technique tends to miss (backup heads, negative heads, indirect-effect "
               "heads).</p>", _role_recall(records)]

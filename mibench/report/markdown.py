@@ -56,7 +56,9 @@ def case_tables(records: list[RunRecord], case: str) -> list[str]:
     return out
 
 
-def traps_table(records: list[RunRecord]) -> str | None:
+def traps_rows(records: list[RunRecord]) -> tuple[list[str], list[list[str]]] | None:
+    """Headers and rows of the traps table (technique × trap case: AUROC and the majority
+    verdict), for the Markdown and the HTML report alike; None without trap runs."""
     traps = S.by([r for r in S.ok(records) if r.case_tier == "trap"], "technique", "case")
     if not traps:
         return None
@@ -74,7 +76,15 @@ def traps_table(records: list[RunRecord]) -> str | None:
             verdict = "fooled" if fooled * 2 > len(runs) else "not fooled"
             row.append(f"{S.fmt(S.stat(runs, 'auroc'))}, {verdict} ({fooled}/{len(runs)})")
         rows.append(row)
-    return _table(rows, ["technique", *cases])
+    return ["technique", *cases], rows
+
+
+def traps_table(records: list[RunRecord]) -> str | None:
+    traps = traps_rows(records)
+    if traps is None:
+        return None
+    headers, rows = traps
+    return _table(rows, headers)
 
 
 def agreement_table(records: list[RunRecord]) -> str | None:
