@@ -1,12 +1,20 @@
 """Scoring: compare a technique's Scores with a case's Truth. The only module that reads Truth.
 
-Pure, deterministic functions over numpy arrays and pandas Series (auto-circuit style). Higher
-scores mean "more important"; ``labels`` are 1 for truth-set members and 0 otherwise.
+Deterministic functions over numpy arrays and pandas Series (auto-circuit style); the ranking
+statistics come from scikit-learn and scipy. Higher scores mean "more important"; ``labels`` are 1
+for truth-set members and 0 otherwise. The metrics a run records, and their names, are listed once
+in :mod:`mibench.metrics`.
+
+Every function here is pure except those behind the faithfulness scores, which run the model:
+:func:`faithfulness` runs it through the ablator it is given (``ablator.metric_keeping``, one
+ablated run per distinct number of kept nodes), :meth:`Ranking.faithfulness` calls it, and
+:func:`score_run` does so at node granularity when it is given an ``ablator`` or a
+``counterfactual``. Without either, ``score_run`` is pure too.
 
 Ties are handled without an arbitrary tie-break wherever a metric allows it:
 
 * :func:`auroc` gives tied scores their averaged rank (an all-equal score vector gives 0.5);
-* :func:`average_precision` treats tied scores as one threshold (as sklearn does);
+* :func:`average_precision` treats tied scores as one threshold;
 * top-k metrics (:func:`precision_recall_f1_at_k`, :func:`recall_by_role`) count ties at the k-th
   boundary **in expectation over random tie-breaking**: items strictly above the k-th score are in
   the top k, and the items tied at the k-th score share the remaining slots equally (each is in the
