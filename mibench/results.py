@@ -1,26 +1,75 @@
 """One typed, versioned record per (technique, case, seed) run, written atomically.
 
 Layout: ``{results}/{technique}/{case}/seed{seed}.json``. Each file carries the provenance needed
-to trust it (versions, truth hash, prompt counts, runtime, passes) and the technique's full scores,
-so the report is a pure function of these files.
+to trust it (versions, the mibench commit, when it ran, truth hash, prompt counts, runtime,
+passes) and the technique's full scores, so the report is a pure function of these files.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import platform
+import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mibench import __version__
+from mibench import __version__, metrics
 from mibench.api import MibenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: provenance (commit, run time, Python / torch / transformer-lens versions)
 STATUSES = ("ok", "error", "skipped", "uncertified")
-JSON_KEYS = ("technique", "case", "seed", "granularity", "status", "auroc", "ap", "precision_at_k",
-             "recall_at_k", "f1_at_k", "faithfulness", "runtime_s", "error")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What produced a result, besides the technique and case: the same for every run of a process."""
+
+    mibench_commit: str | None  # None outside a git checkout of mibench
+    python_version: str
+    torch_version: str | None  # None if not installed
+    transformer_lens_version: str | None
+
+
+def _git_commit(package: Path) -> str | None:
+    """HEAD of the git checkout holding ``package``; None when there is none or git is missing.
+
+    The checkout must be the package's own (its top level is the package's parent): mibench
+    installed into a site-packages folder that happens to lie inside another repository must not
+    report that repository's commit."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=package,
+                             capture_output=True, text=True, timeout=10, check=True).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if len(out) != 2 or Path(out[0]).resolve() != package.resolve().parent:
+        return None
+    return out[1]
+
+
+def _installed_version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@functools.cache
+def provenance() -> Provenance:
+    """This process's provenance, computed once (one ``git`` call); never raises."""
+    return Provenance(mibench_commit=_git_commit(Path(__file__).parent),
+                      python_version=platform.python_version(),
+                      torch_version=_installed_version("torch"),
+                      transformer_lens_version=_installed_version("transformer-lens"))
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -46,20 +95,24 @@ class RunRecord:
     shape: dict[str, int] = field(default_factory=dict)  # n_layers, n_heads, d_mlp of the model
     certificate: dict[str, Any] | None = None
     mibench_version: str = __version__
+    # Provenance, filled in when the record is made (runner.run_one makes it as the run starts).
+    mibench_commit: str | None = field(default_factory=lambda: provenance().mibench_commit)
+    python_version: str = field(default_factory=lambda: provenance().python_version)
+    torch_version: str | None = field(default_factory=lambda: provenance().torch_version)
+    transformer_lens_version: str | None = field(default_factory=lambda: provenance().transformer_lens_version)
+    created_utc: str = field(default_factory=_utc_now)  # ISO 8601
     schema_version: int = SCHEMA_VERSION
 
     def summary(self) -> dict[str, Any]:
-        """The flat view printed by ``mibench run --json``."""
-        out = {key: getattr(self, key, None) for key in ("technique", "case", "seed", "granularity",
-                                                         "status", "runtime_s", "error")}
-        for key in ("auroc", "ap", "precision_at_k", "recall_at_k", "f1_at_k", "faithfulness",
-                    "faithfulness_counterfactual", "answer_layer_error", "fooled"):
-            out[key] = self.metrics.get(key)
-        out["forward_passes"] = self.forward_passes
-        out["backward_passes"] = self.backward_passes
-        extra = ("faithfulness_counterfactual", "answer_layer_error", "fooled", "forward_passes",
-                 "backward_passes")
-        return {key: out[key] for key in (*JSON_KEYS, *extra)}
+        """The flat view printed by ``mibench run --json``: the run, every metric of the table
+        (None where not defined or not computed, so every line has the same keys), the trap
+        verdict and the passes."""
+        return {"technique": self.technique, "case": self.case, "seed": self.seed,
+                "granularity": self.granularity, "status": self.status,
+                "runtime_s": self.runtime_s, "error": self.error,
+                **{m.name: self.metrics.get(m.name) for m in metrics.METRICS},
+                "fooled": self.metrics.get("fooled"),
+                "forward_passes": self.forward_passes, "backward_passes": self.backward_passes}
 
     def to_json(self) -> dict[str, Any]:
         return _clean(asdict(self))
@@ -103,30 +156,46 @@ class Excluded:
     reason: str
 
 
+class UnusableRecord(MibenchError):
+    """A result file that is not a record of this schema; ``reason`` says why (without the path)."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"result file {str(path)!r} is unusable: {reason}; re-run it with `mibench run`")
+        self.path, self.reason = str(path), reason
+
+
+def load_record(path: str | Path) -> RunRecord:
+    """One result file, checked: readable JSON, this schema version, exactly the record's fields.
+    Anything else raises :class:`UnusableRecord`, a one-line MibenchError naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UnusableRecord(path, f"unreadable JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        raise UnusableRecord(path, f"schema_version {version!r}, expected {SCHEMA_VERSION}")
+    known = set(RunRecord.__dataclass_fields__)
+    unknown, missing = set(data) - known, known - set(data)
+    if unknown:
+        raise UnusableRecord(path, f"unknown fields {sorted(unknown)}")
+    # write_record writes every field; a missing one must not be filled in with a default (the
+    # provenance defaults would describe this process, not the run)
+    if missing:
+        raise UnusableRecord(path, f"missing fields {sorted(missing)}")
+    return RunRecord(**data)
+
+
 def load_records(root: str | Path) -> tuple[list[RunRecord], list[Excluded]]:
-    """Every readable record under ``root`` plus the files excluded and why (never silently)."""
+    """Every usable record under ``root`` plus the files excluded and why (never silently)."""
     root = Path(root)
     if not root.is_dir():
         raise MibenchError(f"results folder {str(root)!r} does not exist; run `mibench run` first "
                            f"or pass --results DIR")
     records, excluded = [], []
-    known = set(RunRecord.__dataclass_fields__)
     for path in sorted(root.glob("*/*/seed*.json")):
         try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            excluded.append(Excluded(str(path), f"unreadable JSON: {exc}"))
-            continue
-        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
-            version = data.get("schema_version") if isinstance(data, dict) else None
-            excluded.append(Excluded(str(path), f"schema_version {version!r}, expected {SCHEMA_VERSION}"))
-            continue
-        unknown = set(data) - known
-        if unknown:
-            excluded.append(Excluded(str(path), f"unknown fields {sorted(unknown)}"))
-            continue
-        try:
-            records.append(RunRecord(**data))
-        except TypeError as exc:
-            excluded.append(Excluded(str(path), f"missing fields: {exc}"))
+            records.append(load_record(path))
+        except UnusableRecord as exc:
+            excluded.append(Excluded(exc.path, exc.reason))
     return records, excluded

@@ -1,12 +1,20 @@
 """Scoring: compare a technique's Scores with a case's Truth. The only module that reads Truth.
 
-Pure, deterministic functions over numpy arrays and pandas Series (auto-circuit style). Higher
-scores mean "more important"; ``labels`` are 1 for truth-set members and 0 otherwise.
+Deterministic functions over numpy arrays and pandas Series (auto-circuit style); the ranking
+statistics come from scikit-learn and scipy. Higher scores mean "more important"; ``labels`` are 1
+for truth-set members and 0 otherwise. The metrics a run records, and their names, are listed once
+in :mod:`mibench.metrics`.
+
+Every function here is pure except those behind the faithfulness scores, which run the model:
+:func:`faithfulness` runs it through the ablator it is given (``ablator.metric_keeping``, one
+ablated run per distinct number of kept nodes), :meth:`Ranking.faithfulness` calls it, and
+:func:`score_run` does so at node granularity when it is given an ``ablator`` or a
+``counterfactual``. Without either, ``score_run`` is pure too.
 
 Ties are handled without an arbitrary tie-break wherever a metric allows it:
 
 * :func:`auroc` gives tied scores their averaged rank (an all-equal score vector gives 0.5);
-* :func:`average_precision` treats tied scores as one threshold (as sklearn does);
+* :func:`average_precision` treats tied scores as one threshold;
 * top-k metrics (:func:`precision_recall_f1_at_k`, :func:`recall_by_role`) count ties at the k-th
   boundary **in expectation over random tie-breaking**: items strictly above the k-th score are in
   the top k, and the items tied at the k-th score share the remaining slots equally (each is in the
@@ -19,6 +27,7 @@ by the order of the Scores series (stable sort on descending score).
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
@@ -48,28 +57,6 @@ def _as_arrays(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     if not np.isin(y, (0.0, 1.0)).all():
         raise ValueError("labels must be 0 or 1")
     return s, y
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ascending ranks, tied values getting the mean of the ranks they span."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    # start index of each run of equal values
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
-    ends = np.r_[starts[1:], xs.size]  # exclusive
-    avg = (starts + ends + 1) / 2.0  # mean of ranks starts+1 … ends
-    run_of = np.repeat(np.arange(starts.size), ends - starts)
-    ranks = np.empty(x.size, dtype="float64")
-    ranks[order] = avg[run_of]
-    return ranks
-
-
-def _min_ranks_desc(x: np.ndarray) -> np.ndarray:
-    """1-based rank by descending score; tied items all get the best (smallest) rank of their tie
-    ("1224" competition ranking): 1 + the number of items scored strictly higher."""
-    asc = np.sort(x)
-    n_greater = x.size - np.searchsorted(asc, x, side="right")
-    return (n_greater + 1).astype(int)
 
 
 def _topk_weights(x: np.ndarray, k: int) -> np.ndarray:
@@ -118,38 +105,29 @@ def _check_members(scores: pd.Series, truth_labels: dict[str, str]) -> None:
 # --- ranking metrics --------------------------------------------------------------------------
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve via the Mann–Whitney U statistic, tied scores averaged.
+    """Area under the ROC curve (``sklearn.metrics.roc_auc_score``): the probability that a random
+    positive outscores a random negative, counting ties as one half (tied scores get their averaged
+    rank, as in the Mann–Whitney U statistic). NaN if the labels are all 0 or all 1, where sklearn
+    would raise."""
+    from sklearn.metrics import roc_auc_score
 
-    AUROC = (Σ rank of positives − P(P+1)/2) / (P·N) with averaged ranks, i.e. the probability that
-    a random positive outscores a random negative, counting ties as one half. NaN if the labels
-    are all 0 or all 1.
-    """
     s, y = _as_arrays(scores, labels)
     n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if n_pos == 0 or n_pos == y.size:
         return float("nan")
-    ranks = _average_ranks(s)
-    u = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    return float(roc_auc_score(y, s))
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Average precision, as sklearn's ``average_precision_score``: Σₙ (Rₙ − Rₙ₋₁)·Pₙ over the
+    """Average precision (``sklearn.metrics.average_precision_score``): Σₙ (Rₙ − Rₙ₋₁)·Pₙ over the
     distinct score thresholds in descending order (tied scores form one threshold). NaN if there
-    are no positives."""
+    are no positives, where sklearn would warn and return 0."""
+    from sklearn.metrics import average_precision_score
+
     s, y = _as_arrays(scores, labels)
-    n_pos = y.sum()
-    if n_pos == 0:
+    if y.sum() == 0:
         return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order]
-    # last index of each run of equal scores = one threshold
-    last = np.flatnonzero(np.r_[s_sorted[1:] != s_sorted[:-1], True])
-    tps = np.cumsum(y_sorted)[last]
-    precision = tps / (last + 1)
-    recall = tps / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(average_precision_score(y, s))
 
 
 def precision_recall_f1_at_k(scores: np.ndarray, labels: np.ndarray, k: int) -> tuple[float, float, float]:
@@ -216,12 +194,14 @@ def failures(scores: pd.Series, truth_labels: dict[str, str], k: int,
 
     An all-equal score vector therefore reports every truth member missed.
     """
+    from scipy.stats import rankdata
+
     k = _check_k(k)
     values = _series(scores)
     _check_members(values, truth_labels)
     x = values.to_numpy()
     weights = _topk_weights(x, k)
-    ranks = _min_ranks_desc(x)
+    ranks = rankdata(-x, method="min").astype(int)  # "1224" ranking by descending score
     order = np.lexsort((np.arange(x.size), ranks))  # by rank, then series order
     missed: list[dict[str, Any]] = []
     false_pos: list[dict[str, Any]] = []
@@ -276,6 +256,53 @@ def faithfulness(scores: pd.Series, ablator: "Ablator", k: int) -> dict[str, Any
 
 # --- one run ----------------------------------------------------------------------------------
 
+def answer_layer_error(scores: pd.Series, answer_layer: int | None) -> int | None:
+    """|index of the top-scored layer − ``answer_layer``| for layer scores (``L0``, ``L1``, …), the
+    lowest layer winning a tie for the top; None when the truth names no answer layer."""
+    if answer_layer is None:
+        return None
+    values = _series(scores)
+    x = values.to_numpy()
+    layer_idx = np.array([names.parse_layer(n) for n in values.index])
+    best = int(layer_idx[x == x.max()].min())
+    return int(abs(best - int(answer_layer)))
+
+
+class Ranking:
+    """One run's scores lined up against its truth set: what each metric of
+    :data:`mibench.metrics.METRICS` is computed from (``metric.compute(ranking)``).
+
+    ``values`` are what scoring ranks by (magnitudes for signed techniques), ``labels`` are 1 for
+    truth-set members, ``k`` is the truth-set size. ``ablators`` maps each faithfulness metric's
+    name to the ablator it keeps nodes with (None when the run has none); the curve behind each
+    faithfulness value is kept in ``curves`` under the same name.
+    """
+
+    def __init__(self, values: pd.Series, truth_labels: dict[str, str], answer_layer: int | None,
+                 ablators: dict[str, "Ablator | None"]):
+        self.values = values
+        self.x = values.to_numpy()
+        self.labels = np.array([1 if name in truth_labels else 0 for name in values.index])
+        self.k = len(truth_labels)
+        self.answer_layer = answer_layer
+        self.ablators = ablators
+        self.curves: dict[str, list[dict[str, Any]]] = {}
+
+    @cached_property
+    def at_k(self) -> tuple[float, float, float]:
+        """Precision, recall and F1 of the top k, computed once for the three metrics."""
+        return precision_recall_f1_at_k(self.x, self.labels, self.k)
+
+    def faithfulness(self, metric: str) -> float | None:
+        """The faithfulness value with the ablator given for ``metric``; None without one."""
+        ablator = self.ablators.get(metric)
+        if ablator is None:
+            return None
+        out = faithfulness(self.values, ablator, self.k)
+        self.curves[metric] = out["curve"]
+        return out["faithfulness"]
+
+
 def _nan_to_none(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
@@ -286,65 +313,48 @@ def score_run(scores: pd.Series, truth: "Truth", granularity: str, signed: bool,
     """All metrics of one (technique, case, seed) at one granularity, as a flat JSON-ready dict.
 
     The truth set is ``truth.labels(granularity)``; k is its size. Signed scores are ranked by
-    magnitude. Keys: ``auroc, ap, precision_at_k, recall_at_k, f1_at_k, k, n_components,
-    recall_by_role, failures, faithfulness, faithfulness_curve`` (the last two None unless
-    granularity is ``node`` and an ablator is given), plus ``answer_layer_error`` for ``layer``
-    granularity (|index of the top-scored layer − truth.answer_layer|, the lowest layer winning a
-    tie; None when the truth has no answer layer). Metrics that are undefined (for example AUROC
-    when every component is in the truth set) are None.
+    magnitude. Keys:
 
-    With a ``counterfactual`` ablator (nodes replaced by their output on the corrupted prompts,
-    MIB's counterfactual ablation) also ``faithfulness_counterfactual`` and its curve: it sees
-    components whose output is the same on every clean prompt (a LayerNorm-scale or bias-like
-    component), which resample ablation cannot remove.
-
-    On a trap case (``trap=True``) also ``fooled`` and ``fooled_reason``: the technique is fooled
-    when its top k is not exactly the truth set (a truth component missed, a distractor ranked in)
-    or, at layer granularity, when it names the wrong answer layer.
+    * every metric of :data:`mibench.metrics.METRICS` defined at ``granularity``, under its name
+      (None where undefined, for example AUROC when every component is in the truth set, or
+      faithfulness without an ablator). ``ablator`` drives ``faithfulness`` (resample ablation);
+      ``counterfactual`` drives ``faithfulness_counterfactual`` (nodes replaced by their output
+      on the corrupted prompts, MIB's counterfactual ablation, which also removes components
+      whose output is the same on every clean prompt);
+    * ``k``, ``n_components``, ``recall_by_role``, ``failures``, and for each faithfulness
+      metric its ``{name}_curve`` (None without an ablator), which the report plots;
+    * on a trap case (``trap=True``) ``fooled`` and ``fooled_reason``: the technique is fooled
+      when its top k is not exactly the truth set (a truth component missed, a distractor ranked
+      in) or, at layer granularity, when it names the wrong answer layer.
     """
+    from mibench import metrics  # here, not at the top: mibench.metrics calls this module's functions
+
     truth_labels = truth.labels(granularity)
     if not truth_labels:
         raise ValueError(f"the truth has no {granularity!r} components; cannot score this "
                          f"granularity (truth granularities: {', '.join(truth.granularities())})")
     ranked = rank_for_scoring(scores, signed)
     _check_members(ranked, truth_labels)
-    k = len(truth_labels)
-    x = ranked.to_numpy()
-    y = np.array([1 if name in truth_labels else 0 for name in ranked.index])
-    p, r, f1 = precision_recall_f1_at_k(x, y, k)
-    out: dict[str, Any] = {
-        "auroc": _nan_to_none(auroc(x, y)),
-        "ap": _nan_to_none(average_precision(x, y)),
-        "precision_at_k": _nan_to_none(p),
-        "recall_at_k": _nan_to_none(r),
-        "f1_at_k": _nan_to_none(f1),
-        "k": int(k),
-        "n_components": int(x.size),
-        "recall_by_role": recall_by_role(ranked, truth_labels, k),
-        "failures": failures(ranked, truth_labels, k),
-        "faithfulness": None,
-        "faithfulness_curve": None,
-    }
-    for key, abl in (("faithfulness", ablator), ("faithfulness_counterfactual", counterfactual)):
-        if granularity == "node" and abl is not None:
-            faith = faithfulness(ranked, abl, k)
-            out[key] = _nan_to_none(faith["faithfulness"])
-            out[f"{key}_curve"] = [{**c, "recovered": _nan_to_none(c["recovered"])} for c in faith["curve"]]
-    if granularity == "layer":
-        if truth.answer_layer is None:
-            out["answer_layer_error"] = None
-        else:
-            layer_idx = np.array([names.parse_layer(n) for n in ranked.index])
-            best = int(layer_idx[x == x.max()].min())
-            out["answer_layer_error"] = int(abs(best - int(truth.answer_layer)))
+    run = Ranking(ranked, truth_labels, truth.answer_layer,
+                  ablators={"faithfulness": ablator, "faithfulness_counterfactual": counterfactual})
+    out: dict[str, Any] = {m.name: _nan_to_none(m.compute(run)) for m in metrics.applicable(granularity)}
+    out.update(k=run.k, n_components=int(run.x.size),
+               recall_by_role=recall_by_role(ranked, truth_labels, run.k),
+               failures=failures(ranked, truth_labels, run.k))
+    for name in run.ablators:
+        if name in out:
+            curve = run.curves.get(name)
+            out[f"{name}_curve"] = (None if curve is None else
+                                    [{**c, "recovered": _nan_to_none(c["recovered"])} for c in curve])
     if trap:
         reasons = []
-        if out["precision_at_k"] is not None and out["precision_at_k"] < 1.0:
+        if run.at_k[0] < 1.0:
             missed = ", ".join(f"{m['component']} ({m['role']}, rank {m['rank']})"
                                for m in out["failures"]["missed"][:3])
-            reasons.append(f"top-{k} is not the truth set" + (f"; missed {missed}" if missed else ""))
-        if out.get("answer_layer_error"):
-            reasons.append(f"answer layer off by {out['answer_layer_error']}")
+            reasons.append(f"top-{run.k} is not the truth set" + (f"; missed {missed}" if missed else ""))
+        layer_error = answer_layer_error(ranked, truth.answer_layer) if granularity == "layer" else None
+        if layer_error:
+            reasons.append(f"answer layer off by {layer_error}")
         out["fooled"] = bool(reasons)
         out["fooled_reason"] = "; ".join(reasons)
     return out
@@ -353,12 +363,14 @@ def score_run(scores: pd.Series, truth: "Truth", granularity: str, signed: bool,
 # --- over seeds -------------------------------------------------------------------------------
 
 def aggregate(values: Iterable[float | None], seed: int = 0, n_boot: int = 2000) -> dict[str, Any]:
-    """Mean and 95 % percentile-bootstrap interval of per-seed values.
+    """Mean and 95 % percentile-bootstrap interval of per-seed values (``scipy.stats.bootstrap``).
 
     None and NaN entries are ignored and counted as ``n_missing``. Deterministic: resampling uses
     ``numpy.random.default_rng(seed)``. With one value (or all values equal) ``low = high = mean``;
     with none, ``mean``, ``low`` and ``high`` are None. Returns ``{mean, low, high, n, n_missing}``.
     """
+    from scipy.stats import bootstrap
+
     raw = list(values)
     kept = [float(v) for v in raw if v is not None and not math.isnan(float(v))]
     n_missing = len(raw) - len(kept)
@@ -366,11 +378,13 @@ def aggregate(values: Iterable[float | None], seed: int = 0, n_boot: int = 2000)
     if n == 0:
         return {"mean": None, "low": None, "high": None, "n": 0, "n_missing": n_missing}
     arr = np.asarray(kept, dtype="float64")
-    if np.all(arr == arr[0]):  # one value or all equal; exact (a float mean can be off by an ulp)
+    # One value or all equal: the interval is that value, exactly (a float mean can be off by an
+    # ulp). scipy's bootstrap could not say so: it needs two values and warns on degenerate data.
+    if np.all(arr == arr[0]):
         mean = float(arr[0])
         return {"mean": mean, "low": mean, "high": mean, "n": n, "n_missing": n_missing}
-    mean = float(arr.mean())
-    rng = np.random.default_rng(seed)
-    boot = arr[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
-    low, high = np.percentile(boot, [2.5, 97.5])
-    return {"mean": mean, "low": float(low), "high": float(high), "n": n, "n_missing": n_missing}
+    boot = bootstrap((arr,), np.mean, n_resamples=n_boot, confidence_level=0.95,
+                     method="percentile", rng=np.random.default_rng(seed))
+    low, high = boot.confidence_interval
+    return {"mean": float(arr.mean()), "low": float(low), "high": float(high), "n": n,
+            "n_missing": n_missing}

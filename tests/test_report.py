@@ -35,6 +35,9 @@ def test_markdown_is_a_pure_function_of_the_results(results):
     for heading in ("## Overall", "## Case `induction` (planted)", "## Case `ioi` (planted)",
                     "## Ground-truth certificates", "## Agreement between techniques"):
         assert heading in first
+    # provenance stays in the result files, except the commit, which the files fix
+    assert not any(r.created_utc in first for r in records)
+    assert f"All results come from mibench commit `{records[0].mibench_commit[:12]}`." in first
 
 
 def test_html_is_self_contained_and_has_its_figures(results):
@@ -88,3 +91,34 @@ def test_drill_down(results):
     proc = subprocess.run([sys.executable, "-m", "mibench.cli.main", "report", "--technique", "dlaa",
                            "--case", "ioi", "--results", str(results)], capture_output=True, text=True)
     assert proc.returncode == 2 and "Did you mean 'dla'" in proc.stderr
+
+
+def test_commits_note_names_each_commit_once():
+    from mibench.report.summary import commits_note
+    from mibench.results import RunRecord
+
+    def run(commit):
+        return RunRecord(technique="dla", case="ioi", seed=0, granularity="node", status="ok",
+                         mibench_commit=commit, created_utc="2020-01-01T00:00:00+00:00")
+
+    assert commits_note([run("a" * 40), run("a" * 40)]) == "All results come from mibench commit `aaaaaaaaaaaa`."
+    assert commits_note([run("b" * 40), run(None), run("b" * 40)]) == (
+        "Results come from a mibench copy outside git (1 run), mibench commit `bbbbbbbbbbbb` (2 runs).")
+
+
+def test_traps_table_rows_feed_markdown_and_html():
+    from mibench.report import html, markdown
+    from mibench.results import RunRecord
+
+    def run(tech, seed, auroc, fooled):
+        return RunRecord(technique=tech, case="trap_x", seed=seed, granularity="layer", status="ok",
+                         case_tier="trap", metrics={"auroc": auroc, "fooled": fooled})
+
+    records = [run("dla", 0, 0.5, True), run("dla", 1, 0.5, True), run("tuned_lens", 0, 1.0, False)]
+    headers, rows = markdown.traps_rows(records)
+    assert headers == ["technique", "trap_x"]
+    assert rows == [["dla", "0.50, fooled (2/2)"], ["tuned_lens", "1.00, not fooled (0/1)"]]
+    assert markdown.traps_table(records).splitlines()[2].startswith("| dla")
+    assert "<td>0.50, fooled (2/2)</td>" in html.render_report(records, [])
+    planted = RunRecord(technique="dla", case="ioi", seed=0, granularity="node", status="ok", case_tier="planted")
+    assert markdown.traps_rows([planted]) is None and markdown.traps_table([planted]) is None

@@ -111,6 +111,20 @@ def test_matches_sklearn_on_random_vectors_with_ties():
         checked += 1
 
 
+def test_auroc_is_the_mann_whitney_statistic_with_ties():
+    """Independent of sklearn: AUROC = U / (P·N), scipy's U counting ties as one half."""
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        n = int(rng.integers(4, 30))
+        scores = rng.integers(0, 4, size=n).astype(float)
+        labels = np.r_[1, 0, (rng.random(n - 2) < 0.4).astype(int)]
+        pos, neg = scores[labels == 1], scores[labels == 0]
+        u = mannwhitneyu(pos, neg, method="asymptotic").statistic
+        assert auroc(scores, labels) == pytest.approx(u / (pos.size * neg.size), abs=1e-12)
+
+
 def test_random_scores_have_chance_auroc():
     rng = np.random.default_rng(0)
     y = np.array([1, 1, 0, 0, 0, 0, 0, 0])
@@ -173,6 +187,18 @@ def test_failures_false_positive_limit_and_order():
     out = failures(flat, {"a0.h7": "x"}, 1, n_false_positives=2)
     assert out["missed"] == [{"component": "a0.h7", "role": "x", "rank": 1, "score": 0.0}]
     assert [f["component"] for f in out["false_positives"]] == ["a0.h0", "a0.h1"]
+
+
+def test_failure_ranks_count_the_components_scored_higher():
+    """The "1224" rank of every reported component is 1 + the number scored strictly higher."""
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        n = int(rng.integers(3, 20))
+        s = pd.Series(rng.integers(0, 4, size=n).astype(float), index=[f"a0.h{i}" for i in range(n)])
+        truth = {name: "r" for name in rng.choice(s.index, size=int(rng.integers(1, n)), replace=False)}
+        out = failures(s, truth, len(truth), n_false_positives=n)
+        for item in out["missed"] + out["false_positives"]:
+            assert item["rank"] == 1 + int((s > s[item["component"]]).sum())
 
 
 # --- score_run --------------------------------------------------------------------------------
@@ -239,6 +265,21 @@ def test_aggregate():
     # [0, 1]: bootstrap means are 0, ½, 1 with probability ¼, ½, ¼ → 2.5 % quantile 0, 97.5 % 1
     two = aggregate([0.0, 1.0])
     assert (two["mean"], two["low"], two["high"]) == (0.5, 0.0, 1.0)
+
+
+def test_aggregate_is_the_percentile_bootstrap_of_the_mean():
+    """The interval is the 2.5 and 97.5 percentiles of 2000 resampled means, drawn with
+    numpy.random.default_rng(seed), to the last few ulps."""
+    rng = np.random.default_rng(5)
+    for seed in range(20):
+        vals = rng.choice([0.1, 0.25, 0.5, 0.9, 1.0], size=int(rng.integers(2, 12)))
+        if np.all(vals == vals[0]):
+            continue
+        draws = np.random.default_rng(seed).integers(0, vals.size, size=(2000, vals.size))
+        low, high = np.percentile(vals[draws].mean(axis=1), [2.5, 97.5])
+        out = aggregate(vals, seed=seed)
+        assert out["mean"] == pytest.approx(vals.mean(), abs=1e-12)
+        assert (out["low"], out["high"]) == pytest.approx((low, high), abs=1e-12)
 
 
 # --- faithfulness -----------------------------------------------------------------------------
@@ -322,6 +363,9 @@ def test_module_does_not_import_sklearn():
     import sys
 
     code = "import sys, mibench.scoring; print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    code = "import sys, mibench.scoring; print('scipy' in sys.modules)"  # loaded where used, too
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

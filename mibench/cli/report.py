@@ -16,13 +16,12 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    import json
-
     from tabulate import tabulate
 
     from mibench.api import MibenchError
+    from mibench.metrics import applicable, format_value
     from mibench.registry import unknown_name_error
-    from mibench.results import load_records, result_path
+    from mibench.results import load_record, load_records, result_path
 
     path = result_path(args.results, args.technique, args.case, args.seed)
     if not path.is_file():
@@ -35,17 +34,17 @@ def main(args) -> int:
                                      sorted({c for t, c in runs if t == args.technique}))
         raise MibenchError(f"no result for {args.technique} on {args.case} seed {args.seed}; "
                            f"run `mibench run --technique {args.technique} --case {args.case} --seeds {args.seed}`")
-    record = json.loads(path.read_text())
-    metrics, truth = record["metrics"], record.get("truth_labels", {})
-    print(f"{record['technique']} on {record['case']} seed {record['seed']} ({record['granularity']}): "
-          f"{record['status']}" + (f" — {record['error']}" if record.get("error") else ""))
-    if record["status"] == "ok":
-        print("  " + ", ".join(f"{k} {metrics[k]:.3f}" for k in ("auroc", "ap", "precision_at_k", "recall_at_k",
-                                                                   "f1_at_k", "faithfulness")
-                               if metrics.get(k) is not None)
-              + f"   k = {metrics['k']}, runtime {record['runtime_s']:.2f}s, "
-                f"passes {record['forward_passes']:g} fwd + {record['backward_passes']:g} bwd")
-        ranked = sorted(record["scores"].items(), key=lambda kv: -abs(kv[1]))
+    record = load_record(path)
+    metrics, truth = record.metrics, record.truth_labels
+    print(f"{record.technique} on {record.case} seed {record.seed} ({record.granularity}): "
+          f"{record.status}" + (f" — {record.error}" if record.error else ""))
+    if record.status == "ok":
+        shown = [f"{m.label} {format_value(metrics[m.name])}" for m in applicable(record.granularity)
+                 if metrics.get(m.name) is not None]
+        print("  " + ", ".join(shown)
+              + f"   k = {metrics['k']}, runtime {record.runtime_s:.2f}s, "
+                f"passes {record.forward_passes:g} fwd + {record.backward_passes:g} bwd")
+        ranked = sorted(record.scores.items(), key=lambda kv: -abs(kv[1]))
         rows = [[i + 1, name, f"{value:+.4f}", truth.get(name, ""), "◀ truth" if name in truth else ""]
                 for i, (name, value) in enumerate(ranked[: args.top])]
         print("\nRanked components (by |score|)")
@@ -59,7 +58,7 @@ def main(args) -> int:
             print("Recall@k by role: " + ", ".join(f"{r} {v:.2f}" for r, v in metrics["recall_by_role"].items()))
         if "fooled" in metrics:
             print("Trap verdict: " + ("FOOLED — " + metrics["fooled_reason"] if metrics["fooled"] else "not fooled"))
-    cert = record.get("certificate")
+    cert = record.certificate
     if cert:
         print(f"\nCertificate ({'pass' if cert['passed'] else 'FAIL'})")
         print(tabulate([[c["name"], "-" if c["value"] is None else f"{c['value']:.3f}", f"{c['op']} {c['threshold']:g}",

@@ -21,13 +21,21 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def summary_table(records) -> str:
+    """One row per run: its status, the table's metric columns for these runs' granularities
+    (from mibench.metrics), the runtime and the passes."""
+    from tabulate import tabulate
+
+    from mibench.metrics import columns, format_value
+
+    shown = columns({r.granularity for r in records})
+    rows = [[r.technique, r.case, r.seed, r.status, *[format_value(r.metrics.get(m.name)) for m in shown],
+             f"{r.runtime_s:.2f}", f"{r.forward_passes:g}+{r.backward_passes:g}"] for r in records]
+    return tabulate(rows, headers=["technique", "case", "seed", "status", *[m.label for m in shown],
+                                   "time s", "passes f+b"], disable_numparse=True)
 
 
 def main(args) -> int:
-    from tabulate import tabulate
-
     from mibench.cli.common import case_names, load_runs, parse_seeds, technique_names
     from mibench.registry import load_case
 
@@ -44,12 +52,7 @@ def main(args) -> int:
     records = run_grid(techniques, cases, seeds, args.results,
                        progress=not args.no_progress and sys.stderr.isatty(), on_record=emit)
     if not args.json:
-        rows = [[r.technique, r.case, r.seed, r.status, _fmt(r.metrics.get("auroc")),
-                 _fmt(r.metrics.get("ap")), _fmt(r.metrics.get("f1_at_k")),
-                 _fmt(r.metrics.get("faithfulness")), f"{r.runtime_s:.2f}",
-                 f"{r.forward_passes:g}+{r.backward_passes:g}"] for r in records]
-        print(tabulate(rows, headers=["technique", "case", "seed", "status", "AUROC", "AP", "F1@k",
-                                      "faithful.", "time s", "passes f+b"], disable_numparse=True))
+        print(summary_table(records))
         for r in records:
             if r.status != "ok":
                 print(f"{r.technique} on {r.case} seed {r.seed}: {r.status}: {r.error}")

@@ -43,13 +43,20 @@ def _figure(svg: str | None, caption: str) -> str:
 
 
 def _overall(records) -> str:
+    columns = S.metric_columns(S.ok(records))
     rows = []
     for t in S.technique_summaries(records):
         fwd, bwd = t.passes
         rows.append([t.technique, t.granularity, len(t.cases), len(t.runs),
-                     *[S.fmt(t.metric(k)) for k, _ in S.METRICS], f"{t.runtime:.2f}", f"{fwd:.1f} + {bwd:.1f}"])
-    return _table(["technique", "granularity", "cases", "runs", *[h for _, h in S.METRICS],
+                     *[S.fmt(t.metric(m.name)) for m in columns], f"{t.runtime:.2f}", f"{fwd:.1f} + {bwd:.1f}"])
+    return _table(["technique", "granularity", "cases", "runs", *[m.label for m in columns],
                    "runtime s", "passes fwd + bwd"], rows)
+
+
+def _metric_notes(records) -> str:
+    items = "".join(f"<li><b>{_esc(m.label)}</b> (<code>{_esc(m.name)}</code>, {_esc(m.direction)}): "
+                    f"{_prose(m.description)}</li>" for m in S.metric_columns(S.ok(records)))
+    return f"<ul class='note'>{items}</ul>"
 
 
 def _role_recall(records) -> str:
@@ -90,18 +97,16 @@ def _failures(records, case: str) -> str:
 def render_report(records: list[RunRecord], excluded: list[Excluded]) -> str:
     records = sorted(records, key=lambda r: (r.case, r.technique, r.seed))
     cases = sorted({r.case for r in records})
-    parts = [f"<h1>mibench report</h1><p class='note'>{_prose(markdown.INTRO)}</p>",
+    parts = [f"<h1>mibench report</h1><p class='note'>{_prose(markdown.INTRO)} {_prose(S.commits_note(records))}</p>",
+             f"<p class='note'>{_esc(markdown.METRICS_HEADING)}</p>", _metric_notes(records),
              "<nav>" + "".join(f'<a href="#case-{_esc(c)}">{_esc(c)}</a>' for c in cases) + "</nav>",
              "<h2>Overall</h2>", _overall(records),
              _figure(figures.cost_quality(records), "Each point is a technique: mean runtime per run "
                      "against mean AUROC over the cases it ran on. Dotted line: chance.")]
-    traps = markdown.traps_table(records)
+    traps = markdown.traps_rows(records)
     if traps:
-        rows = [line.strip("|").split("|") for line in traps.splitlines()[2:]]
-        headers = [h.strip() for h in traps.splitlines()[0].strip("|").split("|")]
         parts += ["<h2>Traps</h2><p class='note'>A run is fooled when its top k is not the truth set "
-                  "or it names the wrong answer layer.</p>",
-                  _table(headers, [[c.strip() for c in row] for row in rows])]
+                  "or it names the wrong answer layer.</p>", _table(*traps)]
     parts += ["<h2>Recall by role</h2><p class='note'>Mean recall@k of each role's components: which "
               "roles each technique tends to miss (backup heads, negative heads, indirect-effect "
               "heads).</p>", _role_recall(records)]

@@ -2,18 +2,18 @@
 and the terminal drill-down, so every view shows the same numbers."""
 from __future__ import annotations
 
-from collections import defaultdict
+import warnings
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import ConstantInputWarning
 
+from mibench import metrics
 from mibench.results import RunRecord
 from mibench.scoring import aggregate
-
-METRICS = (("auroc", "AUROC"), ("ap", "AP"), ("f1_at_k", "F1@k"), ("faithfulness", "faithfulness"),
-           ("faithfulness_counterfactual", "faithful. (cf)"))
 
 #: technique pairs whose agreement the literature discusses; shown in the agreement table
 FEATURED_PAIRS = (("activation_patching", "attribution_patching"),
@@ -26,6 +26,11 @@ FEATURED_PAIRS = (("activation_patching", "attribution_patching"),
 
 def ok(records: list[RunRecord]) -> list[RunRecord]:
     return [r for r in records if r.status == "ok"]
+
+
+def metric_columns(records: list[RunRecord]) -> tuple[metrics.Metric, ...]:
+    """The metric columns of a table of these runs (see :func:`mibench.metrics.columns`)."""
+    return metrics.columns({r.granularity for r in records})
 
 
 def stat(records: list[RunRecord], key: str) -> dict[str, Any]:
@@ -102,17 +107,30 @@ def agreement(records: list[RunRecord], a: str, b: str) -> dict[str, dict[str, A
             continue
         rhos, disagree = [], []
         for seed in seeds:
-            sa = pd.Series(runs[(a, case, seed)].scores)
-            sb = pd.Series(runs[(b, case, seed)].scores).reindex(sa.index)
-            ra, rb = sa.abs().rank(ascending=False), sb.abs().rank(ascending=False)
-            rho = ra.corr(rb, method="pearson")  # Pearson on ranks = Spearman
+            sa = pd.Series(runs[(a, case, seed)].scores).abs()
+            sb = pd.Series(runs[(b, case, seed)].scores).reindex(sa.index).abs()
+            with warnings.catch_warnings():  # constant scores: rho is undefined, recorded as None
+                warnings.simplefilter("ignore", ConstantInputWarning)
+                rho = sa.corr(sb, method="spearman")
             rhos.append(None if pd.isna(rho) else float(rho))
+            ra, rb = sa.rank(ascending=False), sb.rank(ascending=False)
             if seed == seeds[0]:
                 gap = (ra - rb).abs().sort_values(ascending=False, kind="stable")
                 truth = runs[(a, case, seed)].truth_labels
                 disagree = [(n, int(ra[n]), int(rb[n]), truth.get(n, "")) for n in gap.index[:3] if gap[n] > 0]
         out[case] = {"spearman": aggregate(rhos), "disagree": disagree, "seed": seeds[0]}
     return out
+
+
+def commits_note(records: list[RunRecord]) -> str:
+    """Which mibench commits produced the results, with run counts. Only what is the same on every
+    regeneration from the same files: the run dates and machines stay in the result files."""
+    counts = Counter(r.mibench_commit for r in records)
+    sources = sorted((f"mibench commit `{c[:12]}`" if c else "a mibench copy outside git", n)
+                     for c, n in counts.items())
+    if len(sources) <= 1:
+        return f"All results come from {sources[0][0]}." if sources else "No results."
+    return "Results come from " + ", ".join(f"{s} ({n} run{'s' * (n > 1)})" for s, n in sources) + "."
 
 
 def certificates(records: list[RunRecord]) -> dict[str, dict[int, dict[str, Any]]]:
