@@ -45,3 +45,25 @@ def reader_weights(model, layer: int, which: str) -> torch.Tensor:
     if which == "mlp":
         return model.W_in[layer].detach()
     return table[which][layer].detach()
+
+
+def head_ov(model, layer: int) -> torch.Tensor:
+    """Every head's OV circuit ``W_V[h] @ W_O[h]`` ``[head, d_model, d_model]``: what it writes per
+    unit of what it reads."""
+    return torch.einsum("hdk,hke->hde", model.W_V[layer].detach(), model.W_O[layer].detach())
+
+
+def head_qk(model, layer: int) -> torch.Tensor:
+    """Every head's QK circuit ``W_Q[h] @ W_K[h]ᵀ`` ``[head, d_model, d_model]``: the bilinear form of
+    its attention scores."""
+    return torch.einsum("hdk,hek->hde", model.W_Q[layer].detach(), model.W_K[layer].detach())
+
+
+def head_output_matrix(model, layer: int) -> torch.Tensor:
+    """``W_O[layer]`` ``[head, d_head, d_model]``."""
+    return model.W_O[layer].detach()
+
+
+def mlp_matrices(model, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MLP's ``W_in`` ``[d_model, d_mlp]`` and ``W_out`` ``[d_mlp, d_model]``."""
+    return model.W_in[layer].detach(), model.W_out[layer].detach()
