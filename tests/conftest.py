@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -12,8 +13,12 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def pytest_configure(config):
     """Keep the registry's metadata cache out of the user's cache folder (set before collection,
-    which already lists techniques; subprocesses of the CLI tests inherit it)."""
-    os.environ["MIBENCH_CACHE_DIR"] = str(config.cache.mkdir("mibench-registry-cache"))
+    which already lists techniques; subprocesses of the CLI tests inherit it). Without pytest's
+    cache plugin (``-p no:cacheprovider``) a temporary folder serves."""
+    cache = getattr(config, "cache", None)
+    folder = cache.mkdir("mibench-registry-cache") if cache is not None else \
+        tempfile.mkdtemp(prefix="mibench-registry-cache-")
+    os.environ["MIBENCH_CACHE_DIR"] = str(folder)
 
 
 @lru_cache(maxsize=None)
