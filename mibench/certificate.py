@@ -33,6 +33,15 @@ class Check:
     op: str  # ">=" or "<="
     detail: str = ""
 
+    def __post_init__(self) -> None:
+        if self.op not in (">=", "<="):
+            raise ValueError(f"check {self.name!r}: op must be '>=' or '<=', got {self.op!r}")
+
+    @property
+    def shown(self) -> str:
+        """The value as printed (``n/a`` for a value that could not be measured)."""
+        return "n/a" if self.value is None else f"{self.value:.3f}"
+
     @property
     def passed(self) -> bool:
         if self.value is None or not math.isfinite(self.value):
@@ -58,10 +67,10 @@ class Certificate:
                 "checks": [{**asdict(c), "passed": c.passed} for c in self.checks]}
 
     def reason(self) -> str:
-        return "; ".join(f"{c.name} = {c.value:.3f} (needs {c.op} {c.threshold})" for c in self.failed())
+        return "; ".join(f"{c.name} = {c.shown} (needs {c.op} {c.threshold:g})" for c in self.failed())
 
     def rows(self) -> list[list[Any]]:
-        return [[c.name, f"{c.value:.3f}", f"{c.op} {c.threshold:g}", "pass" if c.passed else "FAIL",
+        return [[c.name, c.shown, f"{c.op} {c.threshold:g}", "pass" if c.passed else "FAIL",
                  c.detail] for c in self.checks]
 
 
@@ -73,7 +82,7 @@ def certify(case, instance, prompts, ablator) -> Certificate:
                              THRESHOLDS["accuracy"], ">=", "task accuracy on clean prompts"))
     if case.circuit is not None:  # not a measurement: the labels must be where circuit.yaml says
         wrong = case.circuit.disagreements(truth)
-        cert.checks.append(Check("labels match circuit.yaml", len(wrong), 0, "<=",
+        cert.checks.append(Check("labels match circuit.yaml", float(len(wrong)), 0.0, "<=",
                                  "; ".join(wrong) or "every role placed at its stated layer and kind"))
     single = ablator.single_removals(ablator.all_nodes)  # one batched pass per block
     for node, role in sorted(truth.nodes.items()):

@@ -12,6 +12,10 @@ values inside the noised run):
 
 The noise standard deviation is ``scale`` × the standard deviation of the clean prompts' token
 embeddings (over every prompt, position and residual dimension); ROME uses scale 3.
+
+Only full forward passes see the noise: :class:`~mibench.model.ablation.BaseRun` and the
+``Ablator`` start from residuals cached before the context, so patch noised runs with
+:func:`~mibench.model.ablation.run_with_values`, as causal tracing does.
 """
 from __future__ import annotations
 
