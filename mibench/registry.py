@@ -24,7 +24,6 @@ import inspect
 import json
 import os
 import sys
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -37,6 +36,7 @@ import platformdirs
 
 from mibench import __version__
 from mibench.api import Case, MibenchError, Technique
+from mibench.files import write_atomically
 
 ENTRY_POINT_GROUP = "mibench.techniques"
 CACHE_DIR_ENV = "MIBENCH_CACHE_DIR"
@@ -226,18 +226,6 @@ def _is_fresh(record: Any) -> bool:
         return False
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """A temporary file in the same folder, then a rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 class MetadataCache:
     """The class metadata of each discovered file, so that listing need not import it.
 
@@ -272,7 +260,7 @@ class MetadataCache:
         if not self._changed:
             return
         try:
-            _write_atomically(self.path, json.dumps(self._records, default=str))
+            write_atomically(self.path, json.dumps(self._records, default=str))
         except OSError:  # a read-only cache folder only costs speed
             pass
 

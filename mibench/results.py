@@ -9,10 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import platform
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mibench import __version__, metrics
+from mibench.files import write_atomically
 from mibench.api import MibenchError
 
 SCHEMA_VERSION = 2  # 2: provenance (commit, run time, Python / torch / transformer-lens versions)
@@ -136,18 +135,8 @@ def result_path(root: str | Path, technique: str, case: str, seed: int) -> Path:
 def write_record(root: str | Path, record: RunRecord) -> Path:
     """Write atomically: a temporary file in the same folder, then rename over the target, so a
     crash never leaves a half-written result and never destroys the previous one."""
-    path = result_path(root, record.technique, record.case, record.seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(record.to_json(), indent=1, sort_keys=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(result_path(root, record.technique, record.case, record.seed), text + "\n")
 
 
 @dataclass
