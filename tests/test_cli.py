@@ -86,9 +86,21 @@ def test_list_and_leaderboard(tmp_path):
 
 
 def test_verify_prints_certificates():
-    code, out, _ = _cli("verify", "--case", "induction", "--seeds", "0")
+    code, out, _ = _cli("verify", "--case", "induction", "--seeds", "0", "--skip-audit")
     assert code == 0
     assert "induction seed 0: PASS" in out and "necessity" in out and ">= 0.9" in out
+    assert "fingerprint audit: skipped" in out
+
+
+def test_verify_fails_a_case_that_its_fingerprint_gives_away():
+    """induction's circuit heads are the only ones with large, sharp, full-rank weights: the
+    audit says so and verify exits 1, although every certificate passes."""
+    code, out, _ = _cli("verify", "--case", "induction", "--seeds", "0", "--audit-seeds", "0-5")
+    assert code == 1
+    assert "induction seed 0: PASS" in out
+    assert "induction fingerprint audit over seeds 0-5" in out and "FAIL" in out
+    assert "ov_norm" in out and "attention_entropy" in out
+    assert "1 failed: induction fingerprint audit" in out
 
 
 def test_case_patterns():

@@ -1,0 +1,65 @@
+"""The fingerprint audit: it fails a case whose circuit is the only loud part of the model, and
+passes one whose circuit heads are statistically like every other head."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mibench import names
+from mibench.api import Case, Instance, PromptSet, Truth
+from mibench.fingerprint import BAND, AuditRow, audit
+from mibench.models import PlantedModel, ResidualLayout
+from mibench.registry import load_case
+
+torch.set_num_threads(1)
+
+
+class _AllAlike(Case):
+    """Every head is a random distractor of the same recipe; the 'circuit' is two heads the seed
+    picks. Nothing task-agnostic can tell them apart, so the audit must pass."""
+
+    name = "all_alike"
+
+    def build(self, seed: int) -> Instance:
+        rng = np.random.default_rng(seed)
+        layout = ResidualLayout({"tok": 16, "pos": 8, "junk": 8})
+        model = PlantedModel(layout, n_layers=2, n_heads=4, d_head=8, d_vocab=16, n_ctx=8)
+        model.embed_tokens("tok")
+        model.embed_positions("pos")
+        model.unembed("tok")
+        for layer in range(2):
+            for h in range(4):
+                model.add_distractor_head(layer, h, rng, read_blocks=["tok", "pos"],
+                                          write={"junk": 1.0, "tok": 0.5})
+        model.rotate(rng)
+        picked = rng.choice(8, size=2, replace=False)
+        truth = Truth(nodes={names.head(int(i) // 4, int(i) % 4): "role" for i in picked})
+        return Instance(model.to_bridge(), truth, seed)
+
+    def prompts(self, n: int, seed: int, split: str = "test") -> PromptSet:
+        g = torch.Generator().manual_seed(seed)
+        clean = torch.randint(0, 16, (n, 8), generator=g)
+        return PromptSet(clean, clean.clone(), clean[:, 0], clean[:, 1], split=split)
+
+
+def test_audit_fails_the_old_induction_model():
+    """Silent distractors: the induction and previous-token heads are the only large, sharp ones."""
+    result = audit(load_case("induction"), range(6))
+    assert not result.passed
+    by_name = {row.statistic: row for row in result.rows}
+    assert by_name["ov_norm"].auroc == 1.0 and by_name["attention_entropy"].auroc == 0.0
+    assert {"ov_norm", "attention_entropy", "output_norm"} <= {r.statistic for r in result.failed()}
+    assert by_name["ov_norm"].n_truth == 12 and by_name["ov_norm"].n_other == 36
+
+
+def test_audit_passes_when_the_circuit_looks_like_everything_else():
+    result = audit(_AllAlike(), range(20))
+    assert result.passed, result.table()
+    assert all(BAND[0] <= row.auroc <= BAND[1] for row in result.rows)
+
+
+@pytest.mark.parametrize("value, passed", [(0.3, True), (0.7, True), (0.5, True), (0.29, False),
+                                           (0.71, False), (None, False)])
+def test_both_directions_give_the_truth_away(value, passed):
+    assert AuditRow("s", value, 2, 10).passed is passed
