@@ -357,9 +357,14 @@ def _technique_from_file(path: Path) -> Technique:
     return next(iter(classes.values()))()
 
 
+def is_path(name_or_path: str) -> bool:
+    """Whether ``--technique`` names an adapter file rather than a registered technique."""
+    return name_or_path.endswith(".py") or "/" in name_or_path
+
+
 def load_technique(name_or_path: str, extra_folders: Iterable[Path] = ()) -> Technique:
     """A technique by registered name, or by path to a ``.py`` file that defines one."""
-    if name_or_path.endswith(".py") or "/" in name_or_path:
+    if is_path(name_or_path):
         return _technique_from_file(Path(name_or_path))
     entries = technique_entries(extra_folders)
     if name_or_path not in entries:

@@ -22,9 +22,7 @@ def case():
 
 
 def _certify(case, model, placement, seed):
-    from ground_truth.copy_suppression.case import CIRCUIT  # noqa: PLC0415 - loaded via registry too
-
-    truth = CIRCUIT.truth(placement)
+    truth = case.circuit.truth(placement)
     return certify_instance(case, Instance(model=model.to_bridge(), truth=truth, seed=seed))
 
 

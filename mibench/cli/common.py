@@ -5,7 +5,7 @@ import fnmatch
 
 from mibench.api import MibenchError, split_label
 from mibench.names import GRANULARITIES
-from mibench.registry import case_entries, technique_entries, unknown_name_error
+from mibench.registry import case_entries, is_path, technique_entries, unknown_name_error
 
 DEFAULT_RESULTS = "leaderboard/results"
 
@@ -61,7 +61,7 @@ def technique_names(text: str) -> list[str]:
     chosen = [n.strip() for n in text.split(",") if n.strip()]
     for label in chosen:
         name, granularity = split_label(label)
-        if not (name.endswith(".py") or "/" in name) and name not in available:
+        if not is_path(name) and name not in available:
             raise unknown_name_error("technique", name, available)
         if granularity is not None and granularity not in GRANULARITIES:
             raise MibenchError(f"unknown granularity {granularity!r} in {label!r}; "
