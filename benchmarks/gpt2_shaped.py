@@ -48,8 +48,8 @@ class GPT2Shaped(Case):
     def build(self, seed: int) -> Instance:
         return Instance(gpt2_shaped(self.n_layers, seed), Truth(nodes={"a0.h0": "none"}), seed)
 
-    def prompts(self, n: int, seed: int, split: str = "test") -> PromptSet:
-        return prompts(n, seed + (0 if split == "test" else 1000))
+    def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
+        return prompts(n, seed + (0 if split == "test" else 1000) + 10_000 * sample)
 
     def metric(self, logits, prompts):
         return logit_diff(logits, prompts)

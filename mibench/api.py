@@ -148,6 +148,24 @@ class PromptSet:
 
 # --- cases ------------------------------------------------------------------------------------
 
+SPLITS = {"train": 0, "test": 1}
+
+
+def prompt_rng(seed: int, split: str, sample: int = 0):
+    """The random stream of prompt sample ``sample`` of the instance of ``seed``, for ``split``.
+
+    Streams of different splits and samples are independent, and none depends on the model's
+    construction: any number of prompt samples can be drawn for one instance. Sample 0 is the
+    stream the leaderboard's main tables use."""
+    import numpy as np
+
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if sample < 0:
+        raise ValueError(f"sample must be >= 0, got {sample}")
+    # sample 0 keeps the key it always had; later samples extend it (never with a trailing 0)
+    return np.random.default_rng([seed, 1, SPLITS[split], *([sample] if sample else [])])
+
 @dataclass
 class Instance:
     """One seed of a case: the planted model and its ground truth."""
@@ -189,8 +207,10 @@ class Case(ABC):
         """The planted model and its truth for one seed (deterministic)."""
 
     @abstractmethod
-    def prompts(self, n: int, seed: int, split: str = "test") -> PromptSet:
-        """``n`` clean/corrupted prompt pairs; ``split`` is ``train`` or ``test`` (disjoint streams)."""
+    def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
+        """``n`` clean/corrupted prompt pairs for the instance of ``seed`` (whose vocabulary roles
+        the prompts use); ``split`` is ``train`` or ``test``; ``sample`` picks one of any number
+        of independent draws (draw its randomness from :func:`prompt_rng`)."""
 
     def metric_positions(self, prompts: PromptSet) -> list[int]:
         """The logit positions the metric and accuracy read, ascending. Patching code unembeds only

@@ -21,7 +21,7 @@ from mibench import __version__, metrics
 from mibench.files import write_atomically
 from mibench.api import MibenchError
 
-SCHEMA_VERSION = 2  # 2: provenance (commit, run time, Python / torch / transformer-lens versions)
+SCHEMA_VERSION = 3  # 2: provenance (commit, run time, Python / torch / transformer-lens versions); 3: prompt_sample
 STATUSES = ("ok", "error", "skipped", "uncertified")
 
 
@@ -84,6 +84,7 @@ class RunRecord:
     truth_hash: str = ""
     n_prompts: int = 0
     n_train_prompts: int = 0
+    prompt_sample: int = 0  # which independent prompt sample of the instance (0: the main tables')
     runtime_s: float = 0.0
     forward_passes: float = 0.0
     backward_passes: float = 0.0
@@ -128,15 +129,17 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def result_path(root: str | Path, technique: str, case: str, seed: int) -> Path:
-    return Path(root) / technique / case / f"seed{seed}.json"
+def result_path(root: str | Path, technique: str, case: str, seed: int, sample: int = 0) -> Path:
+    """``{root}/{technique}/{case}/seed{seed}.json``; other prompt samples ``seed{seed}-prompts{j}.json``."""
+    return Path(root) / technique / case / (f"seed{seed}.json" if not sample else f"seed{seed}-prompts{sample}.json")
 
 
 def write_record(root: str | Path, record: RunRecord) -> Path:
     """Write atomically: a temporary file in the same folder, then rename over the target, so a
     crash never leaves a half-written result and never destroys the previous one."""
     text = json.dumps(record.to_json(), indent=1, sort_keys=True)
-    return write_atomically(result_path(root, record.technique, record.case, record.seed), text + "\n")
+    path = result_path(root, record.technique, record.case, record.seed, record.prompt_sample)
+    return write_atomically(path, text + "\n")
 
 
 @dataclass

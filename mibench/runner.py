@@ -42,20 +42,22 @@ class Prepared:
     counterfactual: Ablator  # for the counterfactual faithfulness score
     certificate: Certificate
     weights: list[torch.Tensor]  # the planted weights, to check and restore after each technique
+    sample: int = 0  # which independent prompt sample of the instance
 
 
-def prepare(case: Case, seed: int, instance: Instance | None = None) -> Prepared:
-    """Build (or take) the instance of ``seed``, draw its prompts and certify it. An ``instance``
-    passed in (for example one edited to remove a mechanism) is certified exactly as a built one."""
+def prepare(case: Case, seed: int, instance: Instance | None = None, sample: int = 0) -> Prepared:
+    """Build (or take) the instance of ``seed``, draw its prompt sample ``sample`` and certify
+    the instance on it. An ``instance`` passed in (for example one edited to remove a mechanism)
+    is certified exactly as a built one."""
     instance = instance if instance is not None else case.build(seed)
-    prompts = case.prompts(case.n_prompts, seed, "test")
-    train = case.prompts(N_TRAIN_PROMPTS, seed, "train")
+    prompts = case.prompts(case.n_prompts, seed, "test", sample)
+    train = case.prompts(N_TRAIN_PROMPTS, seed, "train", sample)
     metric = case.task_metric(prompts)
     ablator = Ablator(instance.model, prompts, metric, seed=seed)
     counterfactual = Ablator(instance.model, prompts, metric, seed=seed, how="corrupted")
     weights = [p.detach().clone() for p in instance.model.parameters()]
     return Prepared(case, instance, prompts, train, ablator, counterfactual,
-                    certify(case, instance, prompts, ablator), weights)
+                    certify(case, instance, prompts, ablator), weights, sample)
 
 
 def run_one(technique: Technique, prep: Prepared, granularity: str | None = None) -> RunRecord:
@@ -67,7 +69,8 @@ def run_one(technique: Technique, prep: Prepared, granularity: str | None = None
         seed=instance.seed, granularity=granularity, status="ok",
         technique_version=str(technique.version), case_version=str(case.version), case_tier=case.tier,
         truth_hash=instance.truth.digest(), n_prompts=len(prep.prompts),
-        n_train_prompts=len(prep.train_prompts), certificate=prep.certificate.to_json(),
+        n_train_prompts=len(prep.train_prompts), prompt_sample=prep.sample,
+        certificate=prep.certificate.to_json(),
         shape=dataclasses.asdict(names.Shape.of(instance.model)))
     if granularity not in instance.truth.granularities():
         record.status = "skipped"
@@ -128,26 +131,31 @@ class RunSpec:
 
 def run_grid(specs: list[RunSpec], cases: list[Case], seeds: Iterable[int],
              results_dir: str | Path | None, progress: bool = True,
-             on_record: Callable[[RunRecord], None] | None = None) -> list[RunRecord]:
-    """Run every spec on every case and seed, writing each record as soon as it exists (so an
-    interrupted grid keeps what it finished)."""
+             on_record: Callable[[RunRecord], None] | None = None,
+             samples: Iterable[int] = (0,)) -> list[RunRecord]:
+    """Run every spec on every case, seed and prompt sample, writing each record as soon as it
+    exists (so an interrupted grid keeps what it finished). Each seed's instance is built once and
+    certified on each of its prompt samples."""
     from tqdm import tqdm
 
-    seeds = list(seeds)
+    seeds, samples = list(seeds), list(samples)
     records: list[RunRecord] = []
-    total = sum(spec.applies_to(case) for spec in specs for case in cases) * len(seeds)
+    total = sum(spec.applies_to(case) for spec in specs for case in cases) * len(seeds) * len(samples)
     with tqdm(total=total, disable=not progress, unit="run", dynamic_ncols=True) as bar:
         for case in cases:
             for seed in seeds:
-                bar.set_description(f"{case.name} seed {seed}: certifying")
-                prep = prepare(case, seed)
-                for spec in (s for s in specs if s.applies_to(case)):
-                    bar.set_description(f"{case.name} seed {seed}: {spec.technique.name}@{spec.granularity}")
-                    record = run_one(spec.technique, prep, spec.granularity)
-                    if results_dir is not None:
-                        write_record(results_dir, record)
-                    records.append(record)
-                    if on_record:
-                        on_record(record)
-                    bar.update(1)
+                instance = case.build(seed)
+                for sample in samples:
+                    unit = f"{case.name} seed {seed}" + (f" prompts {sample}" if sample else "")
+                    bar.set_description(f"{unit}: certifying")
+                    prep = prepare(case, seed, instance, sample)
+                    for spec in (s for s in specs if s.applies_to(case)):
+                        bar.set_description(f"{unit}: {spec.technique.name}@{spec.granularity}")
+                        record = run_one(spec.technique, prep, spec.granularity)
+                        if results_dir is not None:
+                            write_record(results_dir, record)
+                        records.append(record)
+                        if on_record:
+                            on_record(record)
+                        bar.update(1)
     return records

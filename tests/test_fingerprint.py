@@ -37,8 +37,8 @@ class _AllAlike(Case):
         truth = Truth(nodes={names.head(int(i) // 4, int(i) % 4): "role" for i in picked})
         return Instance(model.to_bridge(), truth, seed)
 
-    def prompts(self, n: int, seed: int, split: str = "test") -> PromptSet:
-        g = torch.Generator().manual_seed(seed)
+    def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
+        g = torch.Generator().manual_seed(seed + 1000 * sample)
         clean = torch.randint(0, 16, (n, 8), generator=g)
         return PromptSet(clean, clean.clone(), clean[:, 0], clean[:, 1], split=split)
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import Case, Instance, PromptSet
+from mibench.api import Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.ablation import attention_patterns
@@ -101,14 +101,14 @@ class CopySuppression(Case):
 
     # --- prompts ------------------------------------------------------------------------------
 
-    def prompts(self, n: int, seed: int, split: str = "test") -> PromptSet:
+    def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
         """BOS, CONTEXT tokens (fillers and one candidate D at a random place), END. The answer is
         D's related token A (never in the context), the wrong token is D itself. Corrupted prompts
         replace D by a filler that is not in the prompt, so there is nothing to copy or suppress."""
         candidates, related = self._token_roles(seed)
         relative = dict(zip(candidates.tolist(), related.tolist()))
         fillers = np.setdiff1d(np.arange(2, VOCAB), candidates)
-        rng = np.random.default_rng([seed, 1, {"train": 0, "test": 1}[split]])
+        rng = prompt_rng(seed, split, sample)
         clean, corrupted, answer, wrong, where = [], [], [], [], []
         for _ in range(n):
             picked = rng.permutation(fillers)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import Case, Instance, PromptSet
+from mibench.api import Case, Instance, PromptSet, prompt_rng
 from mibench.circuit import Circuit
 from mibench.models import PlantedModel, ResidualLayout
 
@@ -59,13 +59,13 @@ class Induction(Case):
                                "induction": [names.head(1, ind_head)]})
         return Instance(model=model.to_bridge(), truth=truth, seed=seed)
 
-    def prompts(self, n: int, seed: int, split: str = "test") -> PromptSet:
+    def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
         """BOS, HALF distinct random tokens, then the first HALF-1 of them again. The answer is the
         last token of the first half (what induction predicts at the end). Corrupted prompts keep
         the second half and replace the first half by fresh tokens, so nothing repeats: the
         queries are unchanged and only what earlier positions offer as keys differs, which is
         what both the previous-token and the induction head carry."""
-        rng = np.random.default_rng([seed, 1, {"train": 0, "test": 1}[split]])
+        rng = prompt_rng(seed, split, sample)
         clean, corrupted, wrong = [], [], []
         for _ in range(n):
             toks = rng.permutation(np.arange(1, VOCAB))

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import Case, Instance, PromptSet
+from mibench.api import Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.readout import direct_effects, metric_gradient
@@ -198,10 +198,10 @@ class IOI(Case):
 
     # --- prompts -------------------------------------------------------------------------------
 
-    def prompts(self, n: int, seed: int, split: str = "test") -> PromptSet:
+    def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
         """IOI prompts from the frames above in both orders (ABBA and BABA); corrupted prompts are
         the paper's ABC distribution (S2 replaced by a third name)."""
-        rng = np.random.default_rng([seed, 1, {"train": 0, "test": 1}[split]])
+        rng = prompt_rng(seed, split, sample)
         name_toks, filler_toks = _token_roles(seed)
         special = {"BOS": BOS, "and": AND, ",": COMMA, "END": TO}
         clean, corrupted, io, s = [], [], [], []

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import Case, Instance, PromptSet
+from mibench.api import Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.ablation import node_values, run_with_values
@@ -117,13 +117,13 @@ class PlantedTrigger(Case):
 
     # --- prompts ------------------------------------------------------------------------------
 
-    def prompts(self, n: int, seed: int, split: str = "test") -> PromptSet:
+    def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
         """BOS, CONTEXT tokens (fillers and one trigger at a random place), END. The answer is the
         trigger's target, the wrong token the default answer. Corrupted prompts put the trigger's
         decoy in its place: the default behaviour."""
         roles = self._token_roles(seed)
         fillers = np.array(roles["filler"])
-        rng = np.random.default_rng([seed, 1, {"train": 0, "test": 1}[split]])
+        rng = prompt_rng(seed, split, sample)
         clean, corrupted, answer, where, trigger = [], [], [], [], []
         for _ in range(n):
             ctx = rng.permutation(fillers)[:CONTEXT]

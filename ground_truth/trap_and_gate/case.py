@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import Case, Instance, PromptSet
+from mibench.api import Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.models import PlantedModel, ResidualLayout
@@ -130,7 +130,7 @@ class TrapAndGate(Case):
                                "and_mover": [names.head(*gate)]})
         return Instance(model=model.to_bridge(), truth=truth, seed=seed)
 
-    def prompts(self, n: int, seed: int, split: str = "test") -> PromptSet:
+    def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
         """BOS, the units [CUE2 CUE1 X], [CUE1 Y], [CUE2 f Z] and 4 fillers in random order, END.
         X has both conditions, the decoys Y and Z one each. The answer is X, the wrong token
         DEFAULT. Corrupted prompts replace every cue by a filler (both conditions broken).
@@ -138,7 +138,7 @@ class TrapAndGate(Case):
         methods that perturb "the informative positions" perturb the conditions, not X itself
         (X's position is fixed by its cues: CUE1 + 1)."""
         items, fillers = _token_roles(seed)
-        rng = np.random.default_rng([seed, 1, {"train": 0, "test": 1}[split]])
+        rng = prompt_rng(seed, split, sample)
         clean, corrupted, answer = [], [], []
         labels = {k: [] for k in ("BOS", "CUE2", "CUE1", "DCUE1", "DCUE2", "END")}
         for _ in range(n):

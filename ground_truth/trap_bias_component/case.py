@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import Case, Instance, PromptSet
+from mibench.api import Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.ablation import node_values
@@ -126,12 +126,12 @@ class TrapBiasComponent(Case):
 
     # --- prompts ------------------------------------------------------------------------------
 
-    def prompts(self, n: int, seed: int, split: str = "test") -> PromptSet:
+    def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
         """BOS, CONTEXT tokens (fillers, MARK, then the item X right after it), END. The answer is
         X, the wrong token DEFAULT. Corrupted prompts replace MARK by a filler (nothing is marked,
         so the mover falls back to its BOS sink and DEFAULT wins)."""
         items, fillers = _token_roles(seed)
-        rng = np.random.default_rng([seed, 1, {"train": 0, "test": 1}[split]])
+        rng = prompt_rng(seed, split, sample)
         clean, corrupted, answer, where = [], [], [], []
         for _ in range(n):
             ctx = [int(t) for t in rng.choice(fillers, size=CONTEXT)]

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import Case, Instance, PromptSet
+from mibench.api import Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.ablation import ablation_effects, cache_nodes
@@ -105,13 +105,13 @@ class TrapDecodableUnused(Case):
 
     # --- prompts ------------------------------------------------------------------------------
 
-    def prompts(self, n: int, seed: int, split: str = "test") -> PromptSet:
+    def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
         """BOS, CONTEXT tokens (fillers and one key at a random place), NOTE, END. Answer: the key;
         wrong: another key, which the corrupted prompt holds in the key's place. Variable ``key``:
         the index of the answer among the keys."""
         keys = self._keys(seed)
         fillers = np.array([t for t in range(3, VOCAB) if t not in keys])
-        rng = np.random.default_rng([seed, 1, {"train": 0, "test": 1}[split]])
+        rng = prompt_rng(seed, split, sample)
         clean, corrupted, answer, wrong, where, index = [], [], [], [], [], []
         for _ in range(n):
             ctx = rng.permutation(fillers)[:CONTEXT]

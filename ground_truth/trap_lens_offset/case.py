@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import Case, Instance, PromptSet
+from mibench.api import Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.readout import cache_residuals, decode
@@ -109,12 +109,12 @@ class TrapLensOffset(Case):
 
     # --- prompts ------------------------------------------------------------------------------
 
-    def prompts(self, n: int, seed: int, split: str = "test") -> PromptSet:
+    def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
         """BOS, CONTEXT tokens (fillers and one key at a random place), END. Answer: the key; wrong:
         another key, which the corrupted prompt holds in the key's place."""
         roles = self._token_roles(seed)
         keys, fillers = roles["key"], np.array(roles["filler"])
-        rng = np.random.default_rng([seed, 1, {"train": 0, "test": 1}[split]])
+        rng = prompt_rng(seed, split, sample)
         clean, corrupted, answer, wrong, where = [], [], [], [], []
         for _ in range(n):
             ctx = rng.permutation(fillers)[:CONTEXT]

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import Case, Instance, PromptSet
+from mibench.api import Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.ablation import ablation_effects
@@ -103,13 +103,13 @@ class TrapLNScale(Case):
 
     # --- prompts ------------------------------------------------------------------------------
 
-    def prompts(self, n: int, seed: int, split: str = "test") -> PromptSet:
+    def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
         """BOS, CONTEXT tokens (fillers and one key at a random place), END. Answer: the key;
         wrong: another key. Corrupted prompts put an unused filler where the key was, so neither
         the mover nor the scale head finds anything to attend to."""
         roles = self._token_roles(seed)
         keys, fillers = roles["key"], np.array(roles["filler"])
-        rng = np.random.default_rng([seed, 1, {"train": 0, "test": 1}[split]])
+        rng = prompt_rng(seed, split, sample)
         clean, corrupted, answer, wrong, where = [], [], [], [], []
         for _ in range(n):
             ctx = rng.permutation(fillers)[:CONTEXT + 1]

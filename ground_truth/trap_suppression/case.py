@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import Case, Instance, PromptSet
+from mibench.api import Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.weights import head_write, logit_writes
@@ -102,12 +102,12 @@ class TrapSuppression(Case):
                                "suppressor": [names.head(*suppressor)]})
         return Instance(model=model.to_bridge(), truth=truth, seed=seed)
 
-    def prompts(self, n: int, seed: int, split: str = "test") -> PromptSet:
+    def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
         """BOS, CONTEXT tokens (one gold item, N_LURES distinct lures, fillers; shuffled), END. The
         answer is the gold item; ``wrong`` is the first lure. Corrupted prompts replace the gold
         item and the lures by fresh ones (same places)."""
         roles = _token_roles(seed)
-        rng = np.random.default_rng([seed, 1, {"train": 0, "test": 1}[split]])
+        rng = prompt_rng(seed, split, sample)
         clean, corrupted, answer, wrong, gold_at = [], [], [], [], []
         for _ in range(n):
             order = rng.permutation(CONTEXT)

@@ -10,7 +10,7 @@ from mibench.registry import case_entries, is_path, technique_entries, unknown_n
 DEFAULT_RESULTS = "leaderboard/results"
 
 
-def parse_seeds(text: str) -> list[int]:
+def parse_seeds(text: str, what: str = "seed range") -> list[int]:
     """``0-4``, ``0,2,7`` or ``3`` (ranges inclusive)."""
     seeds: list[int] = []
     try:
@@ -28,7 +28,7 @@ def parse_seeds(text: str) -> list[int]:
                     raise ValueError
                 seeds.append(value)
     except ValueError:
-        raise MibenchError(f"bad seed range {text!r}; use e.g. 0-4, 0,2,7 or 3 "
+        raise MibenchError(f"bad {what} {text!r}; use e.g. 0-4, 0,2,7 or 3 "
                            f"(non-negative, low-high with low <= high)") from None
     return sorted(set(seeds))
 

@@ -19,6 +19,7 @@ def main(args) -> int:
     from mibench.report.figures import head_heatmaps
     from mibench.report.html import render_report
     from mibench.report.markdown import render_leaderboard
+    from mibench.report.summary import main_sample
     from mibench.results import load_records
 
     records, excluded = load_records(args.results)
@@ -32,7 +33,7 @@ def main(args) -> int:
     figures = out / "figures"  # the per-case heat maps as files, for READMEs and papers
     figures.mkdir(exist_ok=True)
     for case in sorted({r.case for r in records}):
-        svg = head_heatmaps(records, case)
+        svg = head_heatmaps(main_sample(records), case)
         if svg:
             (figures / f"{case}_heatmap.svg").write_text(svg)
     print(f"wrote {md}, {page} and {figures}/ from {len(records)} results ({len(excluded)} excluded)")

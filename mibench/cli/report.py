@@ -11,6 +11,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--technique", required=True, help="technique label, e.g. dla or causal_tracing@site")
     parser.add_argument("--case", required=True, help="case name")
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    parser.add_argument("--prompt-sample", type=int, default=0,
+                        help="which prompt sample of the instance (default: 0)")
     parser.add_argument("--results", default=DEFAULT_RESULTS, help=f"results folder (default: {DEFAULT_RESULTS})")
     parser.add_argument("--top", type=int, default=15, help="how many ranked components to show (default: 15)")
 
@@ -23,7 +25,7 @@ def main(args) -> int:
     from mibench.registry import unknown_name_error
     from mibench.results import load_record, load_records, result_path
 
-    path = result_path(args.results, args.technique, args.case, args.seed)
+    path = result_path(args.results, args.technique, args.case, args.seed, args.prompt_sample)
     if not path.is_file():
         records, _ = load_records(args.results)
         runs = sorted({(r.technique, r.case) for r in records})

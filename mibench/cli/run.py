@@ -15,6 +15,10 @@ def add_arguments(parser) -> None:
                              "'all', or a path to an adapter .py file")
     parser.add_argument("--case", default="all", help="case name(s), comma-separated (default: all)")
     parser.add_argument("--seeds", default="0-4", help="seeds, e.g. 0-4 or 0,3 (default: 0-4)")
+    parser.add_argument("--prompt-samples", default="0",
+                        help="independent prompt samples per seed, e.g. 0-2 (default: 0); the "
+                             "leaderboard's main tables use sample 0 and report how AUROC varies "
+                             "across the others")
     parser.add_argument("--results", default=DEFAULT_RESULTS,
                         help=f"folder for result files (default: {DEFAULT_RESULTS})")
     parser.add_argument("--json", action="store_true", help="print one JSON object per run instead of a table")
@@ -29,7 +33,8 @@ def summary_table(records) -> str:
     from mibench.metrics import columns, format_value
 
     shown = columns({r.granularity for r in records})
-    rows = [[r.technique, r.case, r.seed, r.status, *[format_value(r.metrics.get(m.name)) for m in shown],
+    rows = [[r.technique, r.case, r.seed if not r.prompt_sample else f"{r.seed} (prompts {r.prompt_sample})",
+             r.status, *[format_value(r.metrics.get(m.name)) for m in shown],
              f"{r.runtime_s:.2f}", f"{r.forward_passes:g}+{r.backward_passes:g}"] for r in records]
     return tabulate(rows, headers=["technique", "case", "seed", "status", *[m.label for m in shown],
                                    "time s", "passes f+b"], disable_numparse=True)
@@ -40,6 +45,7 @@ def main(args) -> int:
     from mibench.registry import load_case
 
     seeds = parse_seeds(args.seeds)
+    samples = parse_seeds(args.prompt_samples, "prompt sample range")
     cases = [load_case(n) for n in case_names(args.case)]
     techniques = load_runs(technique_names(args.technique))
 
@@ -50,12 +56,14 @@ def main(args) -> int:
             print(json.dumps(record.summary()), flush=True)
 
     records = run_grid(techniques, cases, seeds, args.results,
-                       progress=not args.no_progress and sys.stderr.isatty(), on_record=emit)
+                       progress=not args.no_progress and sys.stderr.isatty(), on_record=emit,
+                       samples=samples)
     if not args.json:
         print(summary_table(records))
         for r in records:
             if r.status != "ok":
-                print(f"{r.technique} on {r.case} seed {r.seed}: {r.status}: {r.error}")
+                sample = f" prompts {r.prompt_sample}" if r.prompt_sample else ""
+                print(f"{r.technique} on {r.case} seed {r.seed}{sample}: {r.status}: {r.error}")
         print(f"\n{len(records)} runs written to {args.results}/")
     errors = [r for r in records if r.status == "error"]
     return 1 if errors else 0

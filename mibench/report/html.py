@@ -43,14 +43,7 @@ def _figure(svg: str | None, caption: str) -> str:
 
 
 def _overall(records) -> str:
-    columns = S.metric_columns(S.ok(records))
-    rows = []
-    for t in S.technique_summaries(records):
-        fwd, bwd = t.passes
-        rows.append([t.technique, t.granularity, len(t.cases), len(t.runs),
-                     *[S.fmt(t.metric(m.name)) for m in columns], f"{t.runtime:.2f}", f"{fwd:.1f} + {bwd:.1f}"])
-    return _table(["technique", "granularity", "cases", "runs", *[m.label for m in columns],
-                   "runtime s", "passes fwd + bwd"], rows)
+    return _table(*S.overall_rows(records))
 
 
 def _metric_notes(records) -> str:
@@ -95,12 +88,14 @@ def _failures(records, case: str) -> str:
 
 
 def render_report(records: list[RunRecord], excluded: list[Excluded]) -> str:
-    records = sorted(records, key=lambda r: (r.case, r.technique, r.seed))
+    every_sample = records
+    records = S.main_sample(sorted(records, key=lambda r: (r.case, r.technique, r.seed)))
     cases = sorted({r.case for r in records})
     parts = [f"<h1>mibench report</h1><p class='note'>{_prose(markdown.INTRO)} {_prose(S.commits_note(records))}</p>",
              f"<p class='note'>{_esc(markdown.METRICS_HEADING)}</p>", _metric_notes(records),
              "<nav>" + "".join(f'<a href="#case-{_esc(c)}">{_esc(c)}</a>' for c in cases) + "</nav>",
-             "<h2>Overall</h2>", _overall(records),
+             "<h2>Overall</h2>", f"<p class='note'>{_prose(markdown.OVERALL_SAMPLES)}</p>",
+             _overall(every_sample),
              _figure(figures.cost_quality(records), "Each point is a technique: mean runtime per run "
                      "against mean AUROC over the cases it ran on. Dotted line: chance.")]
     traps = markdown.traps_rows(records)

@@ -72,6 +72,43 @@ class TechniqueSummary:
                 float(np.mean([r.backward_passes for r in self.runs])))
 
 
+def main_sample(records: list[RunRecord]) -> list[RunRecord]:
+    """The runs on each instance's prompt sample 0, which every table but the variation column uses
+    (so a technique's figures cover the same prompts whatever extra samples were run)."""
+    return [r for r in records if r.prompt_sample == 0]
+
+
+def prompt_variation(records: list[RunRecord]) -> dict[str, dict[str, Any]]:
+    """Technique label → mean over (case, seed) of the standard deviation of AUROC across the
+    instance's prompt samples (instances with at least two ok samples only), with its interval."""
+    spreads: dict[str, list[float]] = defaultdict(list)
+    for (tech, _case, _seed), runs in by(ok(records), "technique", "case", "seed").items():
+        values = [r.metrics.get("auroc") for r in runs]
+        values = [v for v in values if v is not None]
+        if len(values) >= 2:
+            spreads[tech].append(float(np.std(values, ddof=1)))
+    return {tech: aggregate(values) for tech, values in sorted(spreads.items())}
+
+
+def overall_rows(records: list[RunRecord]) -> tuple[list[str], list[list[str]]]:
+    """The overall table, one row per technique label over the main prompt sample, plus the
+    spread of AUROC across prompt samples where extra samples were run."""
+    main = main_sample(records)
+    columns = metric_columns(ok(main))
+    variation = prompt_variation(records)
+    rows = []
+    for t in technique_summaries(main):
+        fwd, bwd = t.passes
+        spread = [fmt(variation[t.technique]) if t.technique in variation else "-"] if variation else []
+        rows.append([t.technique, t.granularity, len(t.cases), len(t.runs),
+                     *[fmt(t.metric(m.name)) for m in columns], *spread,
+                     f"{t.runtime:.2f}", f"{fwd:.1f} + {bwd:.1f}"])
+    headers = ["technique", "granularity", "cases", "runs", *[m.label for m in columns],
+               *(["AUROC sd across prompt samples"] if variation else []), "runtime s / run",
+               "passes fwd + bwd"]
+    return headers, rows
+
+
 def technique_summaries(records: list[RunRecord], tier: str | None = None) -> list[TechniqueSummary]:
     """One summary per technique label over the ok runs (optionally of one case tier)."""
     chosen = [r for r in ok(records) if tier is None or r.case_tier == tier]
