@@ -2,6 +2,7 @@
 Chromium renders without errors and with its figures, and the terminal drill-down."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -49,17 +50,27 @@ def test_html_is_self_contained_and_has_its_figures(results):
     assert "backup_name_mover" in page  # roles outlined and listed
 
 
+#: set by .ci/run, which installs the browser: there a missing browser fails the test instead of
+#: skipping it, so CI never passes without having rendered the report
+BROWSER_REQUIRED = "MIBENCH_REQUIRE_BROWSER"
+
+
 def test_browser_renders_the_report(results, tmp_path):
     """Headless Chromium (Debian's chromium + chromium-driver, installed by .ci/run) loads the
-    page with no console errors, shows its figures, and takes a screenshot."""
+    page with no console errors, shows its figures, and takes a screenshot. Skipped, with the
+    reason, on a machine without them unless MIBENCH_REQUIRE_BROWSER is set."""
+    chromium = shutil.which("chromium")
+    driver_path = shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        missing = "install Debian's chromium and chromium-driver (see .ci/run)"
+        if os.environ.get(BROWSER_REQUIRED):
+            pytest.fail(f"{BROWSER_REQUIRED} is set but no browser is installed: {missing}")
+        pytest.skip(f"no headless browser: {missing} to render the report")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     page = tmp_path / "report.html"
     page.write_text(render_report(*load_records(results)))
-    chromium = shutil.which("chromium")
-    driver_path = shutil.which("chromedriver")
-    assert chromium and driver_path, "install Debian's chromium and chromium-driver (see .ci/run)"
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1300,2000"]:
