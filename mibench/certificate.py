@@ -102,3 +102,45 @@ def certify(case, instance, prompts, ablator) -> Certificate:
                                  f"largest move by one non-truth node ({worst})"))
     cert.checks.extend(case.extra_checks(instance, prompts, ablator))
     return cert
+
+
+#: a truth edge whose path effect stays below this share of the clean metric on every seed is nil
+EDGE_NIL = 0.01
+
+
+@dataclass(frozen=True)
+class EdgeEffect:
+    """One edge of the circuit (between roles) measured by path patching over seeds."""
+
+    source: str  # role, or "input"
+    destination: str  # role, or "logits"
+    kind: str
+    shares: tuple[float, ...]  # per seed and placed edge: path effect / clean metric
+
+    @property
+    def nil(self) -> bool:
+        return max(abs(s) for s in self.shares) < EDGE_NIL
+
+    def row(self) -> list[str]:
+        mean = sum(self.shares) / len(self.shares)
+        return [f"{self.source} -> {self.destination} <{self.kind}>", f"{mean:+.3f}",
+                f"{max(abs(s) for s in self.shares):.3f}", "nil" if self.nil else ""]
+
+
+def edge_effects(preps) -> list[EdgeEffect]:
+    """Each truth edge's effect, measured by path patching under the case's corruption (the
+    sender's corrupted write delivered to the receiver's input only) on each prepared seed, as a
+    share of the clean metric, grouped by the roles it joins. Reported by ``mibench verify``; a nil
+    edge (below :data:`EDGE_NIL` on every seed) is one the corruption never moves on its own."""
+    from mibench import names
+    from mibench.model.paths import path_effects
+
+    grouped: dict[tuple[str, str, str], list[float]] = {}
+    for prep in preps:
+        truth = prep.instance.truth
+        effects = path_effects(prep.instance.model, prep.prompts, list(truth.edges), prep.ablator.metric)
+        for edge, effect in effects.items():
+            src, dst, _ = names.parse_edge(edge)
+            key = (truth.nodes.get(src.name, src.name), truth.nodes.get(dst.name, dst.name), truth.edges[edge])
+            grouped.setdefault(key, []).append(effect / prep.ablator.full)
+    return [EdgeEffect(src, dst, kind, tuple(shares)) for (src, dst, kind), shares in grouped.items()]

@@ -90,6 +90,8 @@ def test_verify_prints_certificates():
     assert code == 0
     assert "induction seed 0: PASS" in out and "necessity" in out and ">= 0.9" in out
     assert "fingerprint audit: skipped" in out
+    # the K-composition edge carries the effect; the queries' input edges never change (nil)
+    assert "previous_token -> induction <k>" in out and "3 of 7 truth edges are nil" in out
 
 
 def test_verify_fails_a_case_that_its_fingerprint_gives_away():

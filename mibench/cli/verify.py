@@ -19,7 +19,7 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     from tabulate import tabulate
 
-    from mibench.certificate import THRESHOLDS
+    from mibench.certificate import EDGE_NIL, THRESHOLDS, edge_effects
     from mibench.cli.common import case_names, parse_seeds
     from mibench.fingerprint import BAND, audit
     from mibench.registry import load_case
@@ -32,13 +32,24 @@ def main(args) -> int:
           + f"; fingerprint audit: every statistic's pooled AUROC in [{BAND[0]:g}, {BAND[1]:g}]")
     for name in case_names(args.case):
         case = load_case(name)
+        preps = []
         for seed in seeds:
-            cert = prepare(case, seed).certificate
+            prep = prepare(case, seed)
+            preps.append(prep)
+            cert = prep.certificate
             print(f"\n{name} seed {seed}: {'PASS' if cert.passed else 'FAIL'}")
             print(tabulate(cert.rows(), headers=["check", "value", "needs", "", "what it measures"],
                            disable_numparse=True))
             if not cert.passed:
                 failed.append(f"{name} seed {seed} certificate")
+        if "edge" in case.granularities:
+            effects = edge_effects(preps)
+            print(f"\n{name} truth edges by path patching (share of the clean metric over seeds "
+                  f"{args.seeds}; nil: below {EDGE_NIL:g} on every seed; reported, not yet gated):")
+            print(tabulate([e.row() for e in effects], headers=["edge", "mean", "max |share|", ""],
+                           disable_numparse=True))
+            nil = sum(e.nil for e in effects)
+            print(f"{nil} of {len(effects)} truth edges are nil under this corruption")
         if args.skip_audit:
             print(f"\n{name} fingerprint audit: skipped (--skip-audit)")
             continue

@@ -146,3 +146,10 @@ def hook_module(model, hook: str) -> torch.nn.Module:
     attributions). Its raw output for attention hooks is ``[n, seq, heads·d_head]``: the bridge
     reshapes to ``[n, seq, head, d_head]`` only for TransformerLens hook functions."""
     return model.hook_dict[hook]
+
+
+def apply_block_norm(model, layer: int, which: str, resid: torch.Tensor) -> torch.Tensor:
+    """Block ``layer``'s ``ln1`` (before attention) or ``ln2`` (before the MLP) applied to a
+    residual stream, through the wrapped module so that no hook fires."""
+    module = getattr(model.blocks[layer], which)
+    return getattr(module, "original_component", module)(resid)
