@@ -94,28 +94,37 @@ def test_composition_scores_match_library_for_one_pair():
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_composition_scores_rank_planted_k_edge_first(seed):
+def test_composition_scores_find_k_composition_but_not_which_channel_the_task_uses(seed):
+    """induction runs one K-composition channel per head pair; only one feeds the task. The
+    weights show every channel's K edge alike (within 1e-4 of each other, far above every other
+    edge), so composition scores rank the planted edge among them and cannot single it out."""
     v, truth = view("induction", seed, "edge")
     scores = load_technique("composition_scores").attribute(v)
     (k_edge,) = [e for e, kind in truth.edges.items() if kind == "k" and not e.startswith("input")]
-    assert scores.idxmax() == k_edge, scores.sort_values(ascending=False).head(3).to_dict()
+    top = scores.sort_values(ascending=False)
+    channels = top.index[:4]
+    assert k_edge in channels and all(e.endswith("<k>") for e in channels), top.head(5).to_dict()
+    assert top.iloc[0] - top.iloc[3] < 1e-4 < top.iloc[3] - top.iloc[4]
     non_head = [e for e in scores.index if e.startswith("input") or "m" in e.split("->")[1][:1]
                 or e.endswith("logits")]
     assert (scores[non_head] == 0).all()
 
 
-def test_head_detector_finds_previous_token_and_induction_heads():
+def test_head_detector_finds_the_head_types_but_not_which_the_task_uses():
+    """Every layer-0 head of induction is a previous-token head and every layer-1 head an
+    induction head; only one pair feeds the task. The detectors see the types (layer 0 scores
+    high as previous-token heads, layer 1 as induction heads) and score each layer's heads alike."""
     from techniques.head_detector import detector_scores
 
     v, truth = view("induction", 0, "node")
     per_detector = detector_scores(v.model, v.prompts.clean)
-    role = {r: n for n, r in truth.nodes.items()}
-    prev = per_detector["previous_token_head"]
-    ind = per_detector["induction_head"]
-    assert max(prev, key=prev.get) == role["previous_token"], prev
-    assert max(ind, key=ind.get) == role["induction"], ind
-    scores = load_technique("head_detector").attribute(v)
-    assert top(scores, 2) == set(truth.nodes)
+    prev, ind = per_detector["previous_token_head"], per_detector["induction_head"]
+    layer0 = [n for n in prev if n.startswith("a0.")]
+    layer1 = [n for n in prev if n.startswith("a1.")]
+    assert min(prev[n] for n in layer0) > 0.9 > max(prev[n] for n in layer1)
+    assert min(ind[n] for n in layer1) > 0.4 > max(ind[n] for n in layer0)
+    assert max(prev[n] for n in layer0) - min(prev[n] for n in layer0) < 0.02
+    assert max(ind[n] for n in layer1) - min(ind[n] for n in layer1) < 0.02
 
 
 def test_detector_scores_agree_with_transformer_lens_detect_head_patterns():

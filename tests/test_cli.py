@@ -95,14 +95,14 @@ def test_verify_prints_certificates():
 
 
 def test_verify_fails_a_case_that_its_fingerprint_gives_away():
-    """induction's circuit heads are the only ones with large, sharp, full-rank weights: the
-    audit says so and verify exits 1, although every certificate passes."""
-    code, out, _ = _cli("verify", "--case", "induction", "--seeds", "0", "--audit-seeds", "0-5")
+    """trap_suppression's circuit heads are the only ones with large, sharp weights: the audit
+    says so and verify exits 1, although every certificate passes."""
+    code, out, _ = _cli("verify", "--case", "trap_suppression", "--seeds", "0", "--audit-seeds", "0-5")
     assert code == 1
-    assert "induction seed 0: PASS" in out
-    assert "induction fingerprint audit over seeds 0-5" in out and "FAIL" in out
+    assert "trap_suppression seed 0: PASS" in out
+    assert "trap_suppression fingerprint audit over seeds 0-5" in out and "FAIL" in out
     assert "ov_norm" in out and "attention_entropy" in out
-    assert "1 failed: induction fingerprint audit" in out
+    assert "1 failed: trap_suppression fingerprint audit" in out
 
 
 def test_case_patterns():

@@ -43,14 +43,21 @@ class _AllAlike(Case):
         return PromptSet(clean, clean.clone(), clean[:, 0], clean[:, 1], split=split)
 
 
-def test_audit_fails_the_old_induction_model():
-    """Silent distractors: the induction and previous-token heads are the only large, sharp ones."""
-    result = audit(load_case("induction"), range(6))
+def test_audit_fails_a_case_built_the_old_way():
+    """trap_suppression still has quiet distractors: its two circuit heads are the only large,
+    sharp ones, and every weight and activation statistic says so."""
+    result = audit(load_case("trap_suppression"), range(6))
     assert not result.passed
     by_name = {row.statistic: row for row in result.rows}
     assert by_name["ov_norm"].auroc == 1.0 and by_name["attention_entropy"].auroc == 0.0
     assert {"ov_norm", "attention_entropy", "output_norm"} <= {r.statistic for r in result.failed()}
     assert by_name["ov_norm"].n_truth == 12 and by_name["ov_norm"].n_other == 36
+
+
+def test_induction_with_look_alike_channels_passes():
+    """induction v2: every head is an induction-circuit look-alike; the audit cannot tell."""
+    result = audit(load_case("induction"), range(20))
+    assert result.passed, result.table()
 
 
 def test_audit_passes_when_the_circuit_looks_like_everything_else():

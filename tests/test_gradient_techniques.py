@@ -5,7 +5,6 @@ import copy
 import numpy as np
 import pytest
 import torch
-from scipy.stats import spearmanr
 
 from conftest import prepared
 from mibench import names
@@ -36,16 +35,19 @@ def _rank(scores, name: str) -> int:
     return list(order).index(name) + 1
 
 
-def test_atp_agrees_with_activation_patching_on_induction():
+def test_atp_matches_patching_on_the_induction_head_and_misses_the_saturated_previous_token_head():
+    """The induction head acts linearly on the logits: AtP equals patching there. The previous-
+    token head acts through the induction head's saturated attention (scores 10-14): the gradient
+    at the clean point is ~0, so AtP gives it < 1% of its patching effect and ranks it among the
+    distractors' noise floor (Kramár et al. 2024's AtP failure mode, the reason for AtP*)."""
     view = _view("induction", "node")
     atp = load_technique("attribution_patching").attribute(view)
     patched = ablation_effects(view.model, view.prompts, view.components(), "corrupted", view.metric)
-    nodes = view.components()
-    rho = spearmanr([atp[n] for n in nodes], [patched[n] for n in nodes]).statistic
-    assert rho >= 0.9, f"Spearman {rho:.3f}"
-    truth = prepared("induction", 0).instance.truth.nodes
-    top2 = set(atp.abs().sort_values(ascending=False).index[:2])
-    assert top2 == set(truth), (top2, truth)
+    role = {r: n for n, r in prepared("induction", 0).instance.truth.nodes.items()}
+    ind, prev = role["induction"], role["previous_token"]
+    assert atp[ind] == pytest.approx(patched[ind], rel=1e-3)
+    assert patched[prev] > 0.5 * patched[ind] and abs(atp[prev]) < 0.01 * patched[prev]
+    assert atp.abs().sort_values(ascending=False).index[0] == ind
 
 
 def test_atp_costs_two_forward_one_backward():
@@ -57,13 +59,16 @@ def test_atp_costs_two_forward_one_backward():
         assert (passes.forward_passes, passes.backward_passes) == (2.0, 1.0), granularity
 
 
-@pytest.mark.parametrize("technique", ["attribution_patching", "eap_ig"])
-def test_edge_methods_rank_the_k_composition_edge_top3(technique):
+def test_eap_ig_recovers_the_saturated_k_composition_edge_that_eap_misses():
+    """Integrating the gradient from the corrupted run (EAP-IG) reaches the K-composition edge
+    that the clean-point gradient (EAP) sees as ~0 through the saturated attention."""
     truth = prepared("induction", 0).instance.truth
     (k_edge,) = [e for e, kind in truth.edges.items() if kind == "k" and not e.startswith("input")]
-    scores = _attribute(technique, "induction", "edge", n=16)
-    assert set(scores.index) == set(names.edges(names.Shape.of(prepared("induction", 0).instance.model)))
-    assert _rank(scores, k_edge) <= 3, scores.abs().sort_values(ascending=False).head(5)
+    eap = _attribute("attribution_patching", "induction", "edge", n=16)
+    eap_ig = _attribute("eap_ig", "induction", "edge", n=16)
+    assert set(eap.index) == set(names.edges(names.Shape.of(prepared("induction", 0).instance.model)))
+    assert _rank(eap_ig, k_edge) <= 4, eap_ig.abs().sort_values(ascending=False).head(5)
+    assert _rank(eap, k_edge) > 4 and abs(eap[k_edge]) < 0.01 * abs(eap_ig[k_edge])
 
 
 def test_edge_scores_sum_to_node_scores():

@@ -64,8 +64,10 @@ def test_dla_ranks_the_induction_head_first(seed):
 
 
 def test_random_baseline_is_near_chance():
-    aurocs = [_run("random", s).metrics["auroc"] for s in SEEDS]
-    assert 0.25 <= float(np.mean(aurocs)) <= 0.75
+    """Two truth heads among eight: one seed's AUROC has a chance-level spread near 0.2, so the
+    mean is taken over 20 seeds."""
+    aurocs = [_run("random", s).metrics["auroc"] for s in range(20)]
+    assert 0.35 <= float(np.mean(aurocs)) <= 0.65
 
 
 def test_runs_are_deterministic():

@@ -1,4 +1,5 @@
-"""Induction: a planted 2-layer attention-only model (see README.md beside this file)."""
+"""Induction: a planted 2-layer attention-only model whose every head is an induction-circuit look-alike
+(see README.md beside this file)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,47 +16,61 @@ BOS = 0
 VOCAB = 48  # token 0 is BOS; 1..47 are ordinary tokens
 HALF = 10  # length of the random sequence that is repeated
 N_HEADS = 4
+N_CTX = 2 * HALF + 4
 CIRCUIT = Circuit.load(Path(__file__).with_name("circuit.yaml"))
 
-# Planted strengths: attention scores of 12 put ~all attention on the matching key; the
-# induction head's OV gain of 10 makes the copied token's logit about 10.
-PREV_QK, INDUCTION_QK, INDUCTION_GAIN = 12.0, 12.0, 10.0
+# Every head of a layer is built by the same recipe, its strengths drawn from the same ranges, so
+# nothing task-agnostic tells the circuit's heads from the others (see README.md: the model runs
+# N_HEADS induction "channels" at once; only one of them writes the task's logits).
+#: attention score on the matching key: ~all attention on it at either end of the range
+QK_RANGE = (10.0, 14.0)
+#: a layer-0 head's copy of the previous token (per unit of token identity)
+COPY_RANGE = (0.8, 1.2)
+#: a layer-1 head's write per unit of copied token identity: the circuit's makes the next token's
+#: logit about 10
+GAIN_RANGE = (8.0, 12.0)
+#: how strongly the unembedding reads the distractor channels' outputs (each into a permutation of
+#: the vocabulary): their predictions move other tokens' logits by 2-4, below the answer's ~10,
+#: so each distractor nudges the task metric a little (the mean logit) without taking it over
+AUX_READ = 0.3
 
 
 class Induction(Case):
     name = "induction"
-    version = "1"
+    version = "2"
     circuit = CIRCUIT
     tier = "planted"
-    description = "previous-token head (L0) K-composes with an induction head (L1) to copy [A][B]…[A]→[B]"
+    description = ("previous-token head (L0) K-composes with an induction head (L1) to copy [A][B]…[A]→[B]; "
+                   "every other head is a look-alike induction channel writing other predictions")
 
     def build(self, seed: int) -> Instance:
         rng = np.random.default_rng([seed, 0])
-        n_ctx = 2 * HALF + 4
-        layout = ResidualLayout({"tok": VOCAB, "prev": VOCAB, "out": VOCAB, "pos": n_ctx, "junk": 16})
-        model = PlantedModel(layout, n_layers=2, n_heads=N_HEADS, d_head=VOCAB, d_vocab=VOCAB, n_ctx=n_ctx)
+        channels = [f"prev{c}" for c in range(N_HEADS)]
+        aux = [f"aux{c}" for c in range(N_HEADS)]
+        layout = ResidualLayout({"tok": VOCAB, "pos": N_CTX, "out": VOCAB,
+                                 **{c: VOCAB for c in channels}, **{a: VOCAB for a in aux}})
+        model = PlantedModel(layout, n_layers=2, n_heads=N_HEADS, d_head=VOCAB, d_vocab=VOCAB, n_ctx=N_CTX)
         model.embed_tokens("tok")
         model.embed_positions("pos")
         model.unembed("out")
+        for block in aux:  # each distractor channel predicts through its own shuffle of the vocabulary
+            model.unembed(block, [int(t) for t in rng.permutation(VOCAB)], scale=AUX_READ)
 
-        prev_head, ind_head = (int(h) for h in rng.integers(0, N_HEADS, size=2))
-        pos = layout.basis("pos")
-        # previous-token head: query at position p matches key at p-1; copies the token there
-        model.set_qk(0, prev_head, pos[1:n_ctx], pos[: n_ctx - 1], PREV_QK)
-        model.set_ov(0, prev_head, layout.basis("tok"), layout.basis("prev"))
-        # induction head: query = current token, key = previous token (K-composition)
-        model.set_qk(1, ind_head, layout.basis("tok"), layout.basis("prev"), INDUCTION_QK)
-        model.set_ov(1, ind_head, layout.basis("tok"), layout.basis("out"), INDUCTION_GAIN)
-
+        tok, pos = layout.basis("tok"), layout.basis("pos")
+        # layer 0: every head is a previous-token head copying into its own channel
         for h in range(N_HEADS):
-            if h != prev_head:
-                model.add_distractor_head(0, h, rng, read_blocks=["tok", "pos"],
-                                          write={"junk": 1.0, "prev": 0.05, "out": 0.3})
-            if h != ind_head:
-                model.add_distractor_head(1, h, rng, read_blocks=["tok", "pos", "prev", "junk"],
-                                          write={"junk": 1.0, "out": 0.5})
+            model.set_qk(0, h, pos[1:N_CTX], pos[: N_CTX - 1], rng.uniform(*QK_RANGE))
+            model.set_ov(0, h, tok, layout.basis(channels[h]), gain=rng.uniform(*COPY_RANGE))
+        # layer 1: every head is an induction head keyed on one layer-0 channel (K-composition);
+        # the circuit's writes the logits the task reads, the others their own channel's shuffle
+        reads = rng.permutation(N_HEADS)
+        ind_head = int(rng.integers(N_HEADS))
+        for h in range(N_HEADS):
+            model.set_qk(1, h, tok, layout.basis(channels[reads[h]]), rng.uniform(*QK_RANGE))
+            target = "out" if h == ind_head else aux[h]
+            model.set_ov(1, h, tok, layout.basis(target), gain=rng.uniform(*GAIN_RANGE))
         model.rotate(rng)
-        truth = CIRCUIT.truth({"previous_token": [names.head(0, prev_head)],
+        truth = CIRCUIT.truth({"previous_token": [names.head(0, int(reads[ind_head]))],
                                "induction": [names.head(1, ind_head)]})
         return Instance(model=model.to_bridge(), truth=truth, seed=seed)
 
