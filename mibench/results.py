@@ -36,7 +36,9 @@ class Provenance:
 
 
 def _git_commit(package: Path) -> str | None:
-    """HEAD of the git checkout holding ``package``; None when there is none or git is missing.
+    """HEAD of the git checkout holding ``package``, with ``-dirty`` appended when tracked code
+    (anything but ``leaderboard/``) differs from it; None when there is no checkout or git is
+    missing. A result computed by uncommitted code must not claim the commit it started from.
 
     The checkout must be the package's own (its top level is the package's parent): mibench
     installed into a site-packages folder that happens to lie inside another repository must not
@@ -44,11 +46,14 @@ def _git_commit(package: Path) -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=package,
                              capture_output=True, text=True, timeout=10, check=True).stdout.splitlines()
+        if len(out) != 2 or Path(out[0]).resolve() != package.resolve().parent:
+            return None
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                  ":(exclude)leaderboard"], cwd=out[0], capture_output=True,
+                                 text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    if len(out) != 2 or Path(out[0]).resolve() != package.resolve().parent:
-        return None
-    return out[1]
+    return out[1] + ("-dirty" if changed else "")
 
 
 def _installed_version(distribution: str) -> str | None:

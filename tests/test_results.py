@@ -100,3 +100,28 @@ def test_load_record_says_which_file_and_what_is_wrong(tmp_path):
     with pytest.raises(MibenchError, match=r"seed0\.json' is unusable: unknown fields \['extra'\]") as info:
         load_record(path)
     assert len(str(info.value).splitlines()) == 1
+
+
+def test_provenance_commit_says_when_the_code_was_not_committed(tmp_path):
+    """A result computed by uncommitted code is marked -dirty; changed results are not code."""
+    import subprocess
+
+    from mibench.results import _git_commit
+
+    package = tmp_path / "mibench"
+    (package).mkdir()
+    (package / "code.py").write_text("x = 1\n")
+    (tmp_path / "leaderboard").mkdir()
+    (tmp_path / "leaderboard" / "r.json").write_text("{}\n")
+    git = lambda *args: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],  # noqa: E731
+                                       cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "c")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True,
+                          text=True).stdout.strip()
+    assert _git_commit(package) == head
+    (tmp_path / "leaderboard" / "r.json").write_text('{"new": 1}\n')
+    assert _git_commit(package) == head
+    (package / "code.py").write_text("x = 2\n")
+    assert _git_commit(package) == head + "-dirty"
