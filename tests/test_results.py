@@ -48,7 +48,8 @@ def test_records_carry_provenance(tmp_path):
     record = _record()
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(mibench.__file__).parent,
                           capture_output=True, text=True).stdout.strip()
-    assert record.mibench_commit == (head or None)
+    # -dirty when this checkout has uncommitted code changes (see the test below)
+    assert record.mibench_commit in ((head, head + "-dirty") if head else (None,))
     assert record.torch_version == version("torch")
     assert record.transformer_lens_version == version("transformer-lens")
     assert record.python_version.count(".") == 2
