@@ -166,6 +166,7 @@ def prompt_rng(seed: int, split: str, sample: int = 0):
     # sample 0 keeps the key it always had; later samples extend it (never with a trailing 0)
     return np.random.default_rng([seed, 1, SPLITS[split], *([sample] if sample else [])])
 
+
 @dataclass
 class Instance:
     """One seed of a case: the planted model and its ground truth."""

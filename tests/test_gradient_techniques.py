@@ -8,7 +8,7 @@ import torch
 
 from conftest import prepared
 from mibench import names
-from mibench.model import gradients, layernorm
+from mibench.model import layernorm
 from mibench.model.ablation import ablation_effects, node_values, run_with_values
 from mibench.api import CaseView
 from mibench.model.passes import PassCounter

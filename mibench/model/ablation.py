@@ -1,10 +1,9 @@
 """The one implementation of activation caching, patching and ablation.
 
 Certificates, the faithfulness score and every technique replace node outputs through these
-functions, so "ablate a head" means the same thing everywhere:
-
-a component's value is where :func:`mibench.model.hooks.hook_site` says (a head's ``z`` slice,
-an MLP's output, a neuron's activation, a residual site at a labelled position).
+functions, so "ablate a head" means the same thing everywhere. A component's value is where
+:func:`mibench.model.hooks.hook_site` says: a head's ``z`` slice, an MLP's output, a neuron's
+activation, a residual site at a labelled position.
 
 Replacement values come from :func:`node_values`: ``clean`` / ``corrupted`` (the node's output on
 that run, for counterfactual patching), ``zero``, ``mean`` (over the prompt set, per position) or

@@ -12,7 +12,7 @@ import torch
 
 from mibench import names
 from mibench.model import hooks, weights
-from mibench.model.ablation import attention_patterns
+from mibench.model.ablation import attention_patterns, cache_nodes
 
 #: which nodes each statistic is defined for
 HEAD_WEIGHTS = ("ov_norm", "qk_norm", "o_norm", "ov_rank", "qk_rank")
@@ -59,8 +59,6 @@ def activation_statistics(model, tokens: torch.Tensor) -> dict[str, dict[str, fl
     """On clean tokens only: each head's mean attention entropy and mean maximum attention (over
     prompts and query positions), and each node's mean output norm (per position) and output
     variance across prompts (mean over positions and dimensions)."""
-    from mibench.model.ablation import cache_nodes
-
     shape = names.Shape.of(model)
     nodes = names.nodes(shape)
     _, values = cache_nodes(model, tokens, nodes)
