@@ -46,13 +46,17 @@ class Truth:
     """Ground-truth labels of a known circuit, at every granularity the case defines.
 
     ``nodes`` maps each circuit node to its role; ``edges`` maps each circuit edge to its kind
-    (``q``, ``k``, ``v`` or ``direct``); ``direct`` maps nodes with a direct effect on the logits to
+    (``q``, ``k``, ``v`` or ``direct``); ``edge_notes`` marks edges whose path effect alone is nil
+    by design: ``nil`` (the case's corruption never moves them: left out of edge scoring) or
+    ``redundant`` (another route carries the same information: scored, and checked jointly by the
+    case's certificate), each with the reason from circuit.yaml; ``direct`` maps nodes with a direct effect on the logits to
     the sign of that effect; ``neurons`` and ``sites`` are optional finer labels; ``targets`` (traps
     only) names the technique family a trap is built to fool and why.
     """
 
     nodes: dict[str, str]
     edges: dict[str, str] = field(default_factory=dict)
+    edge_notes: dict[str, tuple[str, str]] = field(default_factory=dict)  # edge -> (nil|redundant, why)
     direct: dict[str, int] = field(default_factory=dict)
     neurons: dict[str, str] = field(default_factory=dict)
     sites: dict[str, frozenset[str]] = field(default_factory=dict)
@@ -73,12 +77,17 @@ class Truth:
     def granularities(self) -> tuple[str, ...]:
         return granularities_labelled(self.edges, self.neurons, self.sites, self.direct)
 
+    @property
+    def nil_edges(self) -> set[str]:
+        """Circuit edges that edge scoring leaves out: neither truth nor distractor."""
+        return {e for e, (note, _) in self.edge_notes.items() if note == "nil"}
+
     def labels(self, granularity: str) -> dict[str, str]:
         """The truth set at a granularity, each member with its role (or kind)."""
         if granularity == "node":
             return dict(self.nodes)
         if granularity == "edge":
-            return dict(self.edges)
+            return {e: kind for e, kind in self.edges.items() if e not in self.nil_edges}
         if granularity == "neuron":
             return dict(self.neurons)
         if granularity == "site":
@@ -91,6 +100,7 @@ class Truth:
         return {
             "nodes": dict(sorted(self.nodes.items())),
             "edges": dict(sorted(self.edges.items())),
+            "edge_notes": {e: list(v) for e, v in sorted(self.edge_notes.items())},
             "direct": dict(sorted(self.direct.items())),
             "neurons": dict(sorted(self.neurons.items())),
             "sites": {k: sorted(v) for k, v in sorted(self.sites.items())},
@@ -167,13 +177,21 @@ def prompt_rng(seed: int, split: str, sample: int = 0):
     return np.random.default_rng([seed, 1, SPLITS[split], *([sample] if sample else [])])
 
 
+#: Model sizes a case can build, smallest first: ``small`` (a few layers and heads), ``medium`` (at
+#: least 6 layers × 8 heads: the circuit is a few nodes among many busy ones), ``large`` (12 layers ×
+#: 12 heads, where built). The leaderboard runs DEFAULT_SIZE.
+SIZES = ("small", "medium", "large")
+DEFAULT_SIZE = "small"
+
+
 @dataclass
 class Instance:
-    """One seed of a case: the planted model and its ground truth."""
+    """One seed of a case at one size: the planted model and its ground truth."""
 
     model: Any  # transformer_lens TransformerBridge
     truth: Truth
     seed: int
+    size: str = DEFAULT_SIZE
 
 
 class Case(ABC):
@@ -195,6 +213,8 @@ class Case(ABC):
     #: backup head that is silent until the main head is ablated). Their own check replaces it.
     necessity_exempt: ClassVar[dict[str, str]] = {}
     n_prompts: ClassVar[int] = 64
+    #: the sizes (of SIZES) this case builds
+    sizes: ClassVar[tuple[str, ...]] = ("small",)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -204,8 +224,16 @@ class Case(ABC):
             cls.citation = circuit.citations[0] if circuit.citations else ""
 
     @abstractmethod
-    def build(self, seed: int) -> Instance:
-        """The planted model and its truth for one seed (deterministic)."""
+    def build(self, seed: int, size: str = DEFAULT_SIZE) -> Instance:
+        """The planted model and its truth for one seed at one size (deterministic); call
+        :meth:`check_size` first."""
+
+    def check_size(self, size: str) -> None:
+        """Raise a one-line error unless this case builds ``size``."""
+        if size not in self.sizes:
+            known = "" if size in SIZES else f" (sizes are {', '.join(SIZES)})"
+            raise MibenchError(f"case {self.name!r} has no {size!r} size{known}; it builds "
+                               f"{', '.join(self.sizes)}: pass --size with one of them")
 
     @abstractmethod
     def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:

@@ -116,15 +116,25 @@ class EdgeEffect:
     destination: str  # role, or "logits"
     kind: str
     shares: tuple[float, ...]  # per seed and placed edge: path effect / clean metric
+    note: str | None = None  # circuit.yaml's label: "nil", "redundant" or none
 
     @property
     def nil(self) -> bool:
         return max(abs(s) for s in self.shares) < EDGE_NIL
 
+    @property
+    def consistent(self) -> bool:
+        """An unlabelled edge must move the metric; one labelled nil must not (a redundant one may
+        be nil alone: the case's certificate checks its routes together)."""
+        return self.note == "redundant" or self.nil == (self.note == "nil")
+
     def row(self) -> list[str]:
         mean = sum(self.shares) / len(self.shares)
+        verdict = ("nil" if self.nil else "") + (f" (labelled {self.note})" if self.note else "")
+        if not self.consistent:
+            verdict += " MISLABELLED"
         return [f"{self.source} -> {self.destination} <{self.kind}>", f"{mean:+.3f}",
-                f"{max(abs(s) for s in self.shares):.3f}", "nil" if self.nil else ""]
+                f"{max(abs(s) for s in self.shares):.3f}", verdict.strip()]
 
 
 def edge_effects(preps) -> list[EdgeEffect]:
@@ -135,12 +145,13 @@ def edge_effects(preps) -> list[EdgeEffect]:
     from mibench import names
     from mibench.model.paths import path_effects
 
-    grouped: dict[tuple[str, str, str], list[float]] = {}
+    grouped: dict[tuple[str, str, str, str | None], list[float]] = {}
     for prep in preps:
         truth = prep.instance.truth
         effects = path_effects(prep.instance.model, prep.prompts, list(truth.edges), prep.ablator.metric)
         for edge, effect in effects.items():
             src, dst, _ = names.parse_edge(edge)
-            key = (truth.nodes.get(src.name, src.name), truth.nodes.get(dst.name, dst.name), truth.edges[edge])
+            note = truth.edge_notes.get(edge, (None, ""))[0]
+            key = (truth.nodes.get(src.name, src.name), truth.nodes.get(dst.name, dst.name), truth.edges[edge], note)
             grouped.setdefault(key, []).append(effect / prep.ablator.full)
-    return [EdgeEffect(src, dst, kind, tuple(shares)) for (src, dst, kind), shares in grouped.items()]
+    return [EdgeEffect(src, dst, kind, tuple(shares), note) for (src, dst, kind, note), shares in grouped.items()]

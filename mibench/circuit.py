@@ -17,6 +17,11 @@ from mibench.api import MibenchError, Truth, granularities_labelled
 _FIELDS = {"roles", "edges", "direct", "variables", "sites", "neurons", "answer_layer", "targets",
            "citations"}
 _ROLE_FIELDS = {"layer", "kind", "description"}
+#: what an edge's optional fourth element may say about an edge whose path effect alone is nil:
+#: ``nil`` — the case's corruption never changes what flows along it (left out of edge scoring);
+#: ``redundant`` — another route carries the same information (scored; the certificate checks the
+#: routes together)
+EDGE_NOTES = ("nil", "redundant")
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class Circuit:
     answer_layer: int | None
     targets: dict[str, str]
     citations: list[str]
+    edge_notes: dict[tuple[str, str, str], tuple[str, str]]  # edge -> (note, why); see EDGE_NOTES
 
     @classmethod
     def load(cls, path: str | Path) -> "Circuit":
@@ -46,10 +52,16 @@ class Circuit:
             bad = set(spec) - _ROLE_FIELDS
             if bad:
                 raise MibenchError(f"{path}: role {role!r} has unknown fields {sorted(bad)}")
-        edges = [tuple(e) for e in data.get("edges", [])]
-        for e in edges:
-            if len(e) != 3:
-                raise MibenchError(f"{path}: edge {list(e)} must be [source, destination, kind]")
+        edges, edge_notes = [], {}
+        for e in data.get("edges", []):
+            note = e[3] if len(e) == 4 else None
+            if len(e) not in (3, 4) or (note is not None and not (
+                    isinstance(note, dict) and len(note) == 1 and set(note) <= set(EDGE_NOTES))):
+                raise MibenchError(f"{path}: edge {list(e)} must be [source, destination, kind] or "
+                                   f"[source, destination, kind, {{nil|redundant: why}}]")
+            edges.append(tuple(e[:3]))
+            if note:
+                edge_notes[tuple(e[:3])] = next(iter(note.items()))
         sites = {variable: frozenset(site_list) for variable, site_list in data.get("sites", {}).items()}
         for variable, site_set in sites.items():
             if variable not in data.get("variables", {}):
@@ -62,7 +74,7 @@ class Circuit:
             raise MibenchError(f"{path}: {sorted(unknown_roles)} are not roles of this circuit")
         return cls(path.parent.name, data.get("roles", {}), edges, data.get("direct", {}),
                    data.get("variables", {}), sites, neurons, data.get("answer_layer"),
-                   data.get("targets", {}), data.get("citations", []))
+                   data.get("targets", {}), data.get("citations", []), edge_notes)
 
     def granularities(self) -> tuple[str, ...]:
         """The granularities this circuit has truth at (as :meth:`Truth.granularities` will say)."""
@@ -108,11 +120,15 @@ class Circuit:
 
         nodes = {node: role for role, placed in placement.items() for node in placed}
         edges: dict[str, str] = {}
+        edge_notes: dict[str, tuple[str, str]] = {}
         for src_role, dst_role, kind in self.edges:
             for src in members(src_role):
                 for dst in members(dst_role):
                     into_head = names.parse_node(dst).kind == "head"
-                    edges[names.edge(src, dst, kind if into_head else None)] = kind
+                    label = names.edge(src, dst, kind if into_head else None)
+                    edges[label] = kind
+                    if (src_role, dst_role, kind) in self.edge_notes:
+                        edge_notes[label] = self.edge_notes[(src_role, dst_role, kind)]
         direct = {node: int(sign) for role, sign in self.direct.items() for node in placement[role]}
-        return Truth(nodes=nodes, edges=edges, direct=direct, neurons=dict(neurons),
+        return Truth(nodes=nodes, edges=edges, edge_notes=edge_notes, direct=direct, neurons=dict(neurons),
                      sites=dict(self.sites), answer_layer=self.answer_layer, targets=dict(self.targets))

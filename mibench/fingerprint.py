@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+from mibench.api import DEFAULT_SIZE
+
 #: a statistic passes when its pooled AUROC lies in this closed interval
 BAND = (0.3, 0.7)
 #: seeds pooled by default
@@ -40,6 +42,7 @@ class Audit:
     case: str
     seeds: tuple[int, ...]
     rows: tuple[AuditRow, ...]
+    size: str = DEFAULT_SIZE
 
     @property
     def passed(self) -> bool:
@@ -54,13 +57,13 @@ class Audit:
                  f"{row.n_truth} truth / {row.n_other} other nodes"] for row in self.rows]
 
 
-def pooled(case, seeds: Iterable[int]) -> dict[str, tuple[list[float], list[int]]]:
+def pooled(case, seeds: Iterable[int], size: str = DEFAULT_SIZE) -> dict[str, tuple[list[float], list[int]]]:
     """Per statistic, every (value, is-truth) pair over the nodes it is defined for, all seeds."""
     from mibench.model.statistics import all_statistics
 
     out: dict[str, tuple[list[float], list[int]]] = {}
     for seed in seeds:
-        instance = case.build(seed)
+        instance = case.build(seed, size)
         stats = all_statistics(instance.model, case.prompts(N_PROMPTS, seed, "test").clean)
         for statistic, per_node in stats.items():
             values, labels = out.setdefault(statistic, ([], []))
@@ -70,15 +73,15 @@ def pooled(case, seeds: Iterable[int]) -> dict[str, tuple[list[float], list[int]
     return out
 
 
-def audit(case, seeds: Iterable[int] = SEEDS) -> Audit:
-    """The fingerprint audit of ``case`` over ``seeds`` (builds each seed once)."""
+def audit(case, seeds: Iterable[int] = SEEDS, size: str = DEFAULT_SIZE) -> Audit:
+    """The fingerprint audit of ``case`` at ``size`` over ``seeds`` (builds each seed once)."""
     from sklearn.metrics import roc_auc_score
 
     seeds = tuple(seeds)
     rows = []
-    for statistic, (values, labels) in pooled(case, seeds).items():
+    for statistic, (values, labels) in pooled(case, seeds, size).items():
         n_truth = sum(labels)
         n_other = len(labels) - n_truth
         value = float(roc_auc_score(labels, values)) if n_truth and n_other else None
         rows.append(AuditRow(statistic, value, n_truth, n_other))
-    return Audit(case.name, seeds, tuple(rows))
+    return Audit(case.name, seeds, tuple(rows), size)

@@ -21,7 +21,7 @@ from mibench import __version__, metrics
 from mibench.files import write_atomically
 from mibench.api import MibenchError
 
-SCHEMA_VERSION = 3  # 2: provenance (commit, run time, Python / torch / transformer-lens versions); 3: prompt_sample
+SCHEMA_VERSION = 4  # 2: provenance (commit, run time, Python / torch / transformer-lens versions); 3: prompt_sample; 4: size
 STATUSES = ("ok", "error", "skipped", "uncertified")
 
 
@@ -90,6 +90,7 @@ class RunRecord:
     n_prompts: int = 0
     n_train_prompts: int = 0
     prompt_sample: int = 0  # which independent prompt sample of the instance (0: the main tables')
+    size: str = "small"  # which model size of the case (mibench.api.SIZES)
     runtime_s: float = 0.0
     forward_passes: float = 0.0
     backward_passes: float = 0.0
@@ -134,16 +135,19 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def result_path(root: str | Path, technique: str, case: str, seed: int, sample: int = 0) -> Path:
-    """``{root}/{technique}/{case}/seed{seed}.json``; other prompt samples ``seed{seed}-prompts{j}.json``."""
-    return Path(root) / technique / case / (f"seed{seed}.json" if not sample else f"seed{seed}-prompts{sample}.json")
+def result_path(root: str | Path, technique: str, case: str, seed: int, sample: int = 0,
+                size: str = "small") -> Path:
+    """``{root}/{technique}/{case}/{size}/seed{seed}.json``; other prompt samples
+    ``seed{seed}-prompts{j}.json``."""
+    name = f"seed{seed}.json" if not sample else f"seed{seed}-prompts{sample}.json"
+    return Path(root) / technique / case / size / name
 
 
 def write_record(root: str | Path, record: RunRecord) -> Path:
     """Write atomically: a temporary file in the same folder, then rename over the target, so a
     crash never leaves a half-written result and never destroys the previous one."""
     text = json.dumps(record.to_json(), indent=1, sort_keys=True)
-    path = result_path(root, record.technique, record.case, record.seed, record.prompt_sample)
+    path = result_path(root, record.technique, record.case, record.seed, record.prompt_sample, record.size)
     return write_atomically(path, text + "\n")
 
 
@@ -190,7 +194,9 @@ def load_records(root: str | Path) -> tuple[list[RunRecord], list[Excluded]]:
         raise MibenchError(f"results folder {str(root)!r} does not exist; run `mibench run` first "
                            f"or pass --results DIR")
     records, excluded = [], []
-    for path in sorted(root.glob("*/*/seed*.json")):
+    # {technique}/{case}/{size}/seed*.json; files of the layout before sizes ({technique}/{case}/
+    # seed*.json) are found too and excluded for their schema version
+    for path in sorted([*root.glob("*/*/*/seed*.json"), *root.glob("*/*/seed*.json")]):
         try:
             records.append(load_record(path))
         except UnusableRecord as exc:

@@ -18,8 +18,8 @@ from typing import Callable, Iterable
 import torch
 
 from mibench import names
-from mibench.api import (Case, CaseView, Instance, MibenchError, PromptSet, Technique, run_label,
-                         validate_scores)
+from mibench.api import (DEFAULT_SIZE, Case, CaseView, Instance, MibenchError, PromptSet, Technique,
+                         run_label, validate_scores)
 from mibench.certificate import Certificate, certify
 from mibench.model import bridge
 from mibench.model.ablation import Ablator
@@ -45,11 +45,12 @@ class Prepared:
     sample: int = 0  # which independent prompt sample of the instance
 
 
-def prepare(case: Case, seed: int, instance: Instance | None = None, sample: int = 0) -> Prepared:
-    """Build (or take) the instance of ``seed``, draw its prompt sample ``sample`` and certify
-    the instance on it. An ``instance`` passed in (for example one edited to remove a mechanism)
-    is certified exactly as a built one."""
-    instance = instance if instance is not None else case.build(seed)
+def prepare(case: Case, seed: int, instance: Instance | None = None, sample: int = 0,
+            size: str = DEFAULT_SIZE) -> Prepared:
+    """Build (or take) the instance of ``seed`` at ``size``, draw its prompt sample ``sample`` and
+    certify the instance on it. An ``instance`` passed in (for example one edited to remove a
+    mechanism) is certified exactly as a built one."""
+    instance = instance if instance is not None else case.build(seed, size)
     prompts = case.prompts(case.n_prompts, seed, "test", sample)
     train = case.prompts(N_TRAIN_PROMPTS, seed, "train", sample)
     metric = case.task_metric(prompts)
@@ -69,7 +70,7 @@ def run_one(technique: Technique, prep: Prepared, granularity: str | None = None
         seed=instance.seed, granularity=granularity, status="ok",
         technique_version=str(technique.version), case_version=str(case.version), case_tier=case.tier,
         truth_hash=instance.truth.digest(), n_prompts=len(prep.prompts),
-        n_train_prompts=len(prep.train_prompts), prompt_sample=prep.sample,
+        n_train_prompts=len(prep.train_prompts), prompt_sample=prep.sample, size=instance.size,
         certificate=prep.certificate.to_json(),
         shape=dataclasses.asdict(names.Shape.of(instance.model)))
     if granularity not in instance.truth.granularities():
@@ -132,19 +133,21 @@ class RunSpec:
 def run_grid(specs: list[RunSpec], cases: list[Case], seeds: Iterable[int],
              results_dir: str | Path | None, progress: bool = True,
              on_record: Callable[[RunRecord], None] | None = None,
-             samples: Iterable[int] = (0,)) -> list[RunRecord]:
-    """Run every spec on every case, seed and prompt sample, writing each record as soon as it
-    exists (so an interrupted grid keeps what it finished). Each seed's instance is built once and
-    certified on each of its prompt samples."""
+             samples: Iterable[int] = (0,), size: str = DEFAULT_SIZE) -> list[RunRecord]:
+    """Run every spec on every case (at ``size``), seed and prompt sample, writing each record as
+    soon as it exists (so an interrupted grid keeps what it finished). Each seed's instance is built
+    once and certified on each of its prompt samples."""
     from tqdm import tqdm
 
     seeds, samples = list(seeds), list(samples)
+    for case in cases:  # before any run, so a wrong size loses nothing
+        case.check_size(size)
     records: list[RunRecord] = []
     total = sum(spec.applies_to(case) for spec in specs for case in cases) * len(seeds) * len(samples)
     with tqdm(total=total, disable=not progress, unit="run", dynamic_ncols=True) as bar:
         for case in cases:
             for seed in seeds:
-                instance = case.build(seed)
+                instance = case.build(seed, size)
                 for sample in samples:
                     unit = f"{case.name} seed {seed}" + (f" prompts {sample}" if sample else "")
                     bar.set_description(f"{unit}: certifying")

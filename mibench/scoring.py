@@ -330,6 +330,8 @@ def score_run(scores: pd.Series, truth: "Truth", granularity: str, signed: bool,
     from mibench import metrics  # here, not at the top: mibench.metrics calls this module's functions
 
     truth_labels = truth.labels(granularity)
+    if granularity == "edge":  # edges the case's corruption never moves are neither truth nor distractor
+        scores = scores.drop([e for e in truth.nil_edges if e in scores.index])
     if not truth_labels:
         raise ValueError(f"the truth has no {granularity!r} components; cannot score this "
                          f"granularity (truth granularities: {', '.join(truth.granularities())})")

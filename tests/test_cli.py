@@ -24,7 +24,7 @@ def test_run_json_prints_one_ok_record_per_seed(tmp_path):
                 "recall_at_k", "f1_at_k", "faithfulness", "runtime_s", "error"):
         assert key in runs[0]
     assert all(r["auroc"] == 1.0 for r in runs)
-    assert len(list(tmp_path.glob("activation_patching/induction/seed*.json"))) == 5
+    assert len(list(tmp_path.glob("activation_patching/induction/small/seed*.json"))) == 5
 
 
 @pytest.mark.parametrize("args, message", [
@@ -65,7 +65,7 @@ def test_failing_techniques_are_recorded_and_others_finish(tmp_path, fixture_tec
     assert "unknown component names ['a9.h9']" in runs["fixture_unknown"]["error"]
     assert "changed the model's weights" in runs["fixture_mutates"]["error"]
     for name in ("fixture_raises", "fixture_nan", "fixture_unknown", "fixture_mutates", "dla"):
-        record = json.loads((tmp_path / name / "induction" / "seed0.json").read_text())
+        record = json.loads((tmp_path / name / "induction" / "small" / "seed0.json").read_text())
         assert record["status"] == ("ok" if name == "dla" else "error")
 
 

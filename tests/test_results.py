@@ -11,7 +11,7 @@ def _record(**kw):
 
 def test_write_is_atomic_and_round_trips(tmp_path):
     path = write_record(tmp_path, _record())
-    assert path == tmp_path / "dla" / "induction" / "seed0.json"
+    assert path == tmp_path / "dla" / "induction" / "small" / "seed0.json"
     data = json.loads(path.read_text())
     assert data["schema_version"] == SCHEMA_VERSION and data["metrics"]["auroc"] is None
     assert not list(tmp_path.rglob("*.tmp"))

@@ -78,7 +78,7 @@ def test_grid_writes_each_record_and_counts_applicable_runs(tmp_path):
     assert labels == [("random", "induction"), ("random", "trap_decodable_unused"),
                       ("random@site", "trap_decodable_unused")]
     assert all(r.status == "ok" for r in records)
-    assert len(list(tmp_path.glob("*/*/seed0.json"))) == 3
+    assert len(list(tmp_path.glob("*/*/small/seed0.json"))) == 3
 
 
 @pytest.mark.parametrize("case_name", ["trap_and_gate", "trap_suppression"])
@@ -120,7 +120,7 @@ def test_grid_over_prompt_samples_writes_one_file_each(tmp_path):
     records = run_grid([RunSpec(load_technique("activation_patching"), "node")], [load_case("ioi")],
                        [0], tmp_path, progress=False, samples=[0, 1, 2])
     assert [r.prompt_sample for r in records] == [0, 1, 2]
-    assert sorted(p.name for p in tmp_path.glob("*/*/*.json")) == \
+    assert sorted(p.name for p in tmp_path.glob("*/*/small/*.json")) == \
         ["seed0-prompts1.json", "seed0-prompts2.json", "seed0.json"]
     spread = prompt_variation(records)["activation_patching"]
     aurocs = [r.metrics["auroc"] for r in records]

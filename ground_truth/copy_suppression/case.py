@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import Case, Instance, PromptSet, prompt_rng
+from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.ablation import attention_patterns
@@ -87,9 +87,10 @@ class CopySuppression(Case):
         return model, {"copier": [names.head(0, copier)],
                        "copy_suppression": [names.head(1, suppressor)]}
 
-    def build(self, seed: int) -> Instance:
+    def build(self, seed: int, size: str = DEFAULT_SIZE) -> Instance:
+        self.check_size(size)
         model, placement = self.planted(seed)
-        return Instance(model=model.to_bridge(), truth=CIRCUIT.truth(placement), seed=seed)
+        return Instance(model=model.to_bridge(), truth=CIRCUIT.truth(placement), seed=seed, size=size)
 
     @staticmethod
     def _token_roles(seed: int) -> tuple[np.ndarray, np.ndarray]:

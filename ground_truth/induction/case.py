@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import Case, Instance, PromptSet, prompt_rng
+from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
 from mibench.circuit import Circuit
 from mibench.models import PlantedModel, ResidualLayout
 
@@ -43,7 +43,8 @@ class Induction(Case):
     description = ("previous-token head (L0) K-composes with an induction head (L1) to copy [A][B]…[A]→[B]; "
                    "every other head is a look-alike induction channel writing other predictions")
 
-    def build(self, seed: int) -> Instance:
+    def build(self, seed: int, size: str = DEFAULT_SIZE) -> Instance:
+        self.check_size(size)
         rng = np.random.default_rng([seed, 0])
         channels = [f"prev{c}" for c in range(N_HEADS)]
         aux = [f"aux{c}" for c in range(N_HEADS)]
@@ -72,7 +73,7 @@ class Induction(Case):
         model.rotate(rng)
         truth = CIRCUIT.truth({"previous_token": [names.head(0, int(reads[ind_head]))],
                                "induction": [names.head(1, ind_head)]})
-        return Instance(model=model.to_bridge(), truth=truth, seed=seed)
+        return Instance(model=model.to_bridge(), truth=truth, seed=seed, size=size)
 
     def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
         """BOS, HALF distinct random tokens, then the first HALF-1 of them again. The answer is the

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import Case, Instance, PromptSet, prompt_rng
+from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.readout import direct_effects, metric_gradient
@@ -115,9 +115,10 @@ class IOI(Case):
 
     # --- model ---------------------------------------------------------------------------------
 
-    def build(self, seed: int, *, backup_gate: bool = True) -> Instance:
+    def build(self, seed: int, size: str = DEFAULT_SIZE, *, backup_gate: bool = True) -> Instance:
         """The planted model for ``seed``; ``backup_gate=False`` removes the backup's gate (its
         prediction term and BOS sink) to show that the compensation check depends on it."""
+        self.check_size(size)
         rng = np.random.default_rng([seed, 0])
         name_toks, _ = _token_roles(seed)
         layout = ResidualLayout({
@@ -194,7 +195,7 @@ class IOI(Case):
                                           write=DISTRACTOR_WRITE)
         model.rotate(rng)
         truth = CIRCUIT.truth({role: [names.head(*lh)] for role, lh in heads.items()})
-        return Instance(model=model.to_bridge(), truth=truth, seed=seed)
+        return Instance(model=model.to_bridge(), truth=truth, seed=seed, size=size)
 
     # --- prompts -------------------------------------------------------------------------------
 

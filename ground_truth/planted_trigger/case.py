@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import Case, Instance, PromptSet, prompt_rng
+from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.ablation import node_values, run_with_values
@@ -100,9 +100,10 @@ class PlantedTrigger(Case):
         placement = {"trigger_detector": [names.head(0, detector)], "trigger_neuron": [names.mlp(1)]}
         return model, placement, {names.neuron(1, i): "trigger_neuron" for i in neurons}
 
-    def build(self, seed: int) -> Instance:
+    def build(self, seed: int, size: str = DEFAULT_SIZE) -> Instance:
+        self.check_size(size)
         model, placement, neurons = self.planted(seed)
-        return Instance(model=model.to_bridge(), seed=seed,
+        return Instance(model=model.to_bridge(), seed=seed, size=size,
                         truth=CIRCUIT.truth(placement, neurons=neurons))
 
     @staticmethod

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import Case, Instance, PromptSet, prompt_rng
+from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.models import PlantedModel, ResidualLayout
@@ -72,9 +72,10 @@ class TrapAndGate(Case):
     description = ("two detector heads set one condition each; an AND head copies the item only "
                    "when both hold: restoring one condition at a time (causal tracing) finds neither")
 
-    def build(self, seed: int, *, and_gate: bool = True) -> Instance:
+    def build(self, seed: int, size: str = DEFAULT_SIZE, *, and_gate: bool = True) -> Instance:
         """``and_gate=False`` lowers the AND head's sink so that one condition suffices (an OR):
         then restoring one condition does recover the behaviour."""
+        self.check_size(size)
         rng = np.random.default_rng([seed, 0])
         items, _ = _token_roles(seed)
         layout = ResidualLayout({"tok": VOCAB, "one": 1, "bos": 1, "cue1": 1, "cue2": 1,
@@ -128,7 +129,7 @@ class TrapAndGate(Case):
         truth = CIRCUIT.truth({"cue1_detector": [names.head(*det1)],
                                "cue2_detector": [names.head(*det2)],
                                "and_mover": [names.head(*gate)]})
-        return Instance(model=model.to_bridge(), truth=truth, seed=seed)
+        return Instance(model=model.to_bridge(), truth=truth, seed=seed, size=size)
 
     def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
         """BOS, the units [CUE2 CUE1 X], [CUE1 Y], [CUE2 f Z] and 4 fillers in random order, END.

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import Case, Instance, PromptSet, prompt_rng
+from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.ablation import node_values
@@ -77,9 +77,10 @@ class TrapBackup(Case):
         "backup_mover": "partly silent while the main mover works; checked by 'main + backup'",
     }
 
-    def build(self, seed: int, *, backup_gate: bool = True) -> Instance:
+    def build(self, seed: int, size: str = DEFAULT_SIZE, *, backup_gate: bool = True) -> Instance:
         """``backup_gate=False`` removes the gate (prediction term and sink): the backup then
         copies at full strength all the time and no longer compensates."""
+        self.check_size(size)
         rng = np.random.default_rng([seed, 0])
         items, _ = _token_roles(seed)
         layout = ResidualLayout({"tok": VOCAB, "one": 1, "bos": 1, "item": 1, "pos": N_CTX,
@@ -120,7 +121,7 @@ class TrapBackup(Case):
                          offset=8)
         model.rotate(rng)
         truth = CIRCUIT.truth({"main_mover": [names.head(*main)], "backup_mover": [names.head(*backup)]})
-        return Instance(model=model.to_bridge(), truth=truth, seed=seed)
+        return Instance(model=model.to_bridge(), truth=truth, seed=seed, size=size)
 
     def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
         """BOS, CONTEXT tokens (fillers and one item X at a random place), END; the answer is X,

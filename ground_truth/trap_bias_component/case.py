@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import Case, Instance, PromptSet, prompt_rng
+from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.ablation import node_values
@@ -116,9 +116,10 @@ class TrapBiasComponent(Case):
         placement = {"marker": [names.head(*marker)], "mover": [names.head(*mover)]}
         return model, placement, {"m0": "mlp0", "m1": "mlp1", names.head(*sink): "sink head"}
 
-    def build(self, seed: int, *, bias: bool = True) -> Instance:
+    def build(self, seed: int, size: str = DEFAULT_SIZE, *, bias: bool = True) -> Instance:
+        self.check_size(size)
         model, placement, _ = self.planted(seed, bias=bias)
-        return Instance(model=model.to_bridge(), truth=CIRCUIT.truth(placement), seed=seed)
+        return Instance(model=model.to_bridge(), truth=CIRCUIT.truth(placement), seed=seed, size=size)
 
     def bias_components(self, seed: int) -> list[str]:
         """The trap's bias components for ``seed`` (for tests and the certificate)."""

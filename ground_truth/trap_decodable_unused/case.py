@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import Case, Instance, PromptSet, prompt_rng
+from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.ablation import ablation_effects, cache_nodes
@@ -93,10 +93,11 @@ class TrapDecodableUnused(Case):
         model.rotate(rng)
         return model, {"answer_mover": [names.head(0, mover)]}, memo_head
 
-    def build(self, seed: int) -> Instance:
+    def build(self, seed: int, size: str = DEFAULT_SIZE) -> Instance:
+        self.check_size(size)
         model, placement, _ = self.planted(seed)
         truth = CIRCUIT.truth(placement)
-        return Instance(model=model.to_bridge(), truth=truth, seed=seed)
+        return Instance(model=model.to_bridge(), truth=truth, seed=seed, size=size)
 
     @staticmethod
     def _keys(seed: int) -> list[int]:

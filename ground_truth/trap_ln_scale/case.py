@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import Case, Instance, PromptSet, prompt_rng
+from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.ablation import ablation_effects
@@ -91,9 +91,10 @@ class TrapLNScale(Case):
         model.rotate(rng)
         return model, {"answer_mover": [names.head(0, mover)], "scale_head": [names.head(1, scaler)]}
 
-    def build(self, seed: int) -> Instance:
+    def build(self, seed: int, size: str = DEFAULT_SIZE) -> Instance:
+        self.check_size(size)
         model, placement = self.planted(seed)
-        return Instance(model=model.to_bridge(), truth=CIRCUIT.truth(placement), seed=seed)
+        return Instance(model=model.to_bridge(), truth=CIRCUIT.truth(placement), seed=seed, size=size)
 
     @staticmethod
     def _token_roles(seed: int) -> dict:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import Case, Instance, PromptSet, prompt_rng
+from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.weights import head_write, logit_writes
@@ -59,9 +59,10 @@ class TrapSuppression(Case):
     description = ("a mover copies the gold item and five lures (the lures more); a suppressor "
                    "lowers the lures: the answer wins without its own logit ever moving")
 
-    def build(self, seed: int, *, suppress: bool = True) -> Instance:
+    def build(self, seed: int, size: str = DEFAULT_SIZE, *, suppress: bool = True) -> Instance:
         """``suppress=False`` turns the suppressor into a booster (it attends to the gold item and
         raises its logit instead): the same accuracy, but by raising the answer."""
+        self.check_size(size)
         rng = np.random.default_rng([seed, 0])
         roles = _token_roles(seed)
         gold, lure = roles["gold"], roles["lure"]
@@ -100,7 +101,7 @@ class TrapSuppression(Case):
         model.rotate(rng)
         truth = CIRCUIT.truth({"candidate_mover": [names.head(*mover)],
                                "suppressor": [names.head(*suppressor)]})
-        return Instance(model=model.to_bridge(), truth=truth, seed=seed)
+        return Instance(model=model.to_bridge(), truth=truth, seed=seed, size=size)
 
     def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
         """BOS, CONTEXT tokens (one gold item, N_LURES distinct lures, fillers; shuffled), END. The

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mibench.api import MibenchError
+from mibench.api import DEFAULT_SIZE, SIZES, MibenchError
 
 HELP = "write LEADERBOARD.md and report.html from the stored results"
 
@@ -13,6 +13,8 @@ def add_arguments(parser) -> None:
 
     parser.add_argument("--results", default=DEFAULT_RESULTS, help=f"results folder (default: {DEFAULT_RESULTS})")
     parser.add_argument("--out", default="leaderboard", help="output folder (default: leaderboard)")
+    parser.add_argument("--size", choices=SIZES, default=DEFAULT_SIZE,
+                        help=f"the model size whose results to show (default: {DEFAULT_SIZE})")
 
 
 def main(args) -> int:
@@ -23,8 +25,11 @@ def main(args) -> int:
     from mibench.results import load_records
 
     records, excluded = load_records(args.results)
+    other_sizes = sum(r.size != args.size for r in records)
+    records = [r for r in records if r.size == args.size]
     if not records:
-        raise MibenchError(f"no result files under {args.results}; run `mibench run` first")
+        raise MibenchError(f"no {args.size} results under {args.results}; run `mibench run --size "
+                           f"{args.size}` first or pass --size")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     md, page = out / "LEADERBOARD.md", out / "report.html"
@@ -36,5 +41,6 @@ def main(args) -> int:
         svg = head_heatmaps(main_sample(records), case)
         if svg:
             (figures / f"{case}_heatmap.svg").write_text(svg)
-    print(f"wrote {md}, {page} and {figures}/ from {len(records)} results ({len(excluded)} excluded)")
+    print(f"wrote {md}, {page} and {figures}/ from {len(records)} {args.size} results "
+          f"({len(excluded)} excluded, {other_sizes} at other sizes not shown)")
     return 0

@@ -15,10 +15,10 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     if args.what == "cases":
-        rows = [[e.name, e.meta["tier"], ", ".join(e.meta["granularities"]), e.meta["description"],
-                 e.meta["citation"]]
+        rows = [[e.name, e.meta["tier"], ", ".join(e.meta["granularities"]), ", ".join(e.meta["sizes"]),
+                 e.meta["description"], e.meta["citation"]]
                 for e in case_entries().values()]
-        print(tabulate(rows, headers=["case", "tier", "granularities", "circuit", "models"]))
+        print(tabulate(rows, headers=["case", "tier", "granularities", "sizes", "circuit", "models"]))
     else:
         rows = [[e.name, ", ".join(e.meta["granularities"]), e.meta["cost"], e.meta["description"],
                  e.source if not e.source.endswith(".py") else ""]

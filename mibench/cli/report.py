@@ -6,6 +6,7 @@ HELP = "print one run in detail: ranked components, failures, certificate"
 
 
 def add_arguments(parser) -> None:
+    from mibench.api import DEFAULT_SIZE, SIZES
     from mibench.cli.common import DEFAULT_RESULTS
 
     parser.add_argument("--technique", required=True, help="technique label, e.g. dla or causal_tracing@site")
@@ -13,6 +14,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     parser.add_argument("--prompt-sample", type=int, default=0,
                         help="which prompt sample of the instance (default: 0)")
+    parser.add_argument("--size", choices=SIZES, default=DEFAULT_SIZE,
+                        help=f"model size of the run (default: {DEFAULT_SIZE})")
     parser.add_argument("--results", default=DEFAULT_RESULTS, help=f"results folder (default: {DEFAULT_RESULTS})")
     parser.add_argument("--top", type=int, default=15, help="how many ranked components to show (default: 15)")
 
@@ -25,7 +28,7 @@ def main(args) -> int:
     from mibench.registry import unknown_name_error
     from mibench.results import load_record, load_records, result_path
 
-    path = result_path(args.results, args.technique, args.case, args.seed, args.prompt_sample)
+    path = result_path(args.results, args.technique, args.case, args.seed, args.prompt_sample, args.size)
     if not path.is_file():
         records, _ = load_records(args.results)
         runs = sorted({(r.technique, r.case) for r in records})
@@ -34,8 +37,9 @@ def main(args) -> int:
         if not any(t == args.technique and c == args.case for t, c in runs):
             raise unknown_name_error(f"case for {args.technique} (in the results)", args.case,
                                      sorted({c for t, c in runs if t == args.technique}))
-        raise MibenchError(f"no result for {args.technique} on {args.case} seed {args.seed}; "
-                           f"run `mibench run --technique {args.technique} --case {args.case} --seeds {args.seed}`")
+        raise MibenchError(f"no {args.size} result for {args.technique} on {args.case} seed {args.seed}; "
+                           f"run `mibench run --technique {args.technique} --case {args.case} "
+                           f"--seeds {args.seed} --size {args.size}`")
     record = load_record(path)
     metrics, truth = record.metrics, record.truth_labels
     print(f"{record.technique} on {record.case} seed {record.seed} ({record.granularity}): "

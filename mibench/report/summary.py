@@ -165,9 +165,12 @@ def commits_note(records: list[RunRecord]) -> str:
     counts = Counter(r.mibench_commit for r in records)
     sources = sorted((f"mibench commit `{c[:12]}`" if c else "a mibench copy outside git", n)
                      for c, n in counts.items())
+    sizes = ", ".join(sorted({r.size for r in records}))
+    size_note = f" Model size: {sizes}." if sizes else ""
     if len(sources) <= 1:
-        return f"All results come from {sources[0][0]}." if sources else "No results."
-    return "Results come from " + ", ".join(f"{s} ({n} run{'s' * (n > 1)})" for s, n in sources) + "."
+        return (f"All results come from {sources[0][0]}." if sources else "No results.") + size_note
+    return ("Results come from " + ", ".join(f"{s} ({n} run{'s' * (n > 1)})" for s, n in sources)
+            + "." + size_note)
 
 
 def certificates(records: list[RunRecord]) -> dict[str, dict[int, dict[str, Any]]]:
