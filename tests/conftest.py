@@ -22,11 +22,11 @@ def pytest_configure(config):
 
 
 @lru_cache(maxsize=None)
-def prepared(case_name: str, seed: int):
+def prepared(case_name: str, seed: int, size: str = "small"):
     from mibench.registry import load_case
     from mibench.runner import prepare
 
-    return prepare(load_case(case_name), seed)
+    return prepare(load_case(case_name), seed, size=size)
 
 
 @pytest.fixture

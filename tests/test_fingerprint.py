@@ -21,7 +21,7 @@ class _AllAlike(Case):
 
     name = "all_alike"
 
-    def build(self, seed: int) -> Instance:
+    def build(self, seed: int, size: str = "small") -> Instance:
         rng = np.random.default_rng(seed)
         layout = ResidualLayout({"tok": 16, "pos": 8, "junk": 8})
         model = PlantedModel(layout, n_layers=2, n_heads=4, d_head=8, d_vocab=16, n_ctx=8)
@@ -43,20 +43,49 @@ class _AllAlike(Case):
         return PromptSet(clean, clean.clone(), clean[:, 0], clean[:, 1], split=split)
 
 
+class _OldStyle(_AllAlike):
+    """Built the way the first planted cases were: two circuit heads with sharp attention and full
+    copies of the token, every other head a random diffuse distractor with a small write."""
+
+    name = "old_style"
+
+    def build(self, seed: int, size: str = "small") -> Instance:
+        rng = np.random.default_rng(seed)
+        layout = ResidualLayout({"tok": 16, "pos": 8, "prev": 16, "junk": 8})
+        model = PlantedModel(layout, n_layers=2, n_heads=4, d_head=16, d_vocab=16, n_ctx=8)
+        model.embed_tokens("tok")
+        model.embed_positions("pos")
+        model.unembed("tok")
+        prev_head, ind_head = (0, int(rng.integers(4))), (1, int(rng.integers(4)))
+        pos, tok = layout.basis("pos"), layout.basis("tok")
+        model.set_qk(*prev_head, pos[1:], pos[:-1], 12.0)  # previous-token head
+        model.set_ov(*prev_head, tok, layout.basis("prev"))
+        model.set_qk(*ind_head, tok, layout.basis("prev"), 12.0)  # induction head
+        model.set_ov(*ind_head, tok, tok, gain=10.0)
+        for layer in range(2):
+            for h in range(4):
+                if (layer, h) not in (prev_head, ind_head):
+                    model.add_distractor_head(layer, h, rng, read_blocks=["tok", "pos", "junk"],
+                                              write={"junk": 1.0, "tok": 0.1})
+        model.rotate(rng)
+        truth = Truth(nodes={names.head(*prev_head): "previous_token", names.head(*ind_head): "induction"})
+        return Instance(model.to_bridge(), truth, seed)
+
+
 def test_audit_fails_a_case_built_the_old_way():
-    """trap_suppression still has quiet distractors: its two circuit heads are the only large,
-    sharp ones, and every weight and activation statistic says so."""
-    result = audit(load_case("trap_suppression"), range(6))
+    """Quiet distractors: the two circuit heads are the only large, sharp ones, and the weight and
+    activation statistics say so."""
+    result = audit(_OldStyle(), range(6))
     assert not result.passed
     by_name = {row.statistic: row for row in result.rows}
-    assert by_name["ov_norm"].auroc == 1.0 and by_name["attention_entropy"].auroc == 0.0
+    assert by_name["ov_norm"].auroc == 1.0 and by_name["attention_entropy"].auroc < 0.1
     assert {"ov_norm", "attention_entropy", "output_norm"} <= {r.statistic for r in result.failed()}
     assert by_name["ov_norm"].n_truth == 12 and by_name["ov_norm"].n_other == 36
 
 
 def test_induction_with_look_alike_channels_passes():
-    """induction v2: every head is an induction-circuit look-alike; the audit cannot tell."""
-    result = audit(load_case("induction"), range(20))
+    """induction: every head is an induction-circuit look-alike; the audit cannot tell."""
+    result = audit(load_case("induction"), range(20), "small")
     assert result.passed, result.table()
 
 

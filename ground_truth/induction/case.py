@@ -11,68 +11,81 @@ from mibench import names
 from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
 from mibench.circuit import Circuit
 from mibench.models import PlantedModel, ResidualLayout
+from mibench.models.channels import plan_channels, random_codes, shuffled_readout
 
 BOS = 0
 VOCAB = 48  # token 0 is BOS; 1..47 are ordinary tokens
 HALF = 10  # length of the random sequence that is repeated
-N_HEADS = 4
 N_CTX = 2 * HALF + 4
 CIRCUIT = Circuit.load(Path(__file__).with_name("circuit.yaml"))
+#: (layers, heads per layer) at each size; the circuit is two heads at every size
+SHAPES = {"small": (2, 4), "medium": (6, 8), "large": (12, 12)}
 
-# Every head of a layer is built by the same recipe, its strengths drawn from the same ranges, so
-# nothing task-agnostic tells the circuit's heads from the others (see README.md: the model runs
-# N_HEADS induction "channels" at once; only one of them writes the task's logits).
+# Every head is built by its role's recipe, with strengths drawn from the same ranges, so nothing
+# task-agnostic tells the circuit's heads from the others (see README.md: the model runs many
+# induction "channels" at once; only one of them writes the task's logits).
 #: attention score on the matching key: ~all attention on it at either end of the range
 QK_RANGE = (10.0, 14.0)
-#: a layer-0 head's copy of the previous token (per unit of token identity)
+#: a previous-token head's copy of the previous token (per unit of token identity)
 COPY_RANGE = (0.8, 1.2)
-#: a layer-1 head's write per unit of copied token identity: the circuit's makes the next token's
-#: logit about 10
+#: an induction head's write per unit of copied token identity: the circuit's makes the next
+#: token's logit about 10
 GAIN_RANGE = (8.0, 12.0)
-#: how strongly the unembedding reads the distractor channels' outputs (each into a permutation of
-#: the vocabulary): their predictions move other tokens' logits by 2-4, below the answer's ~10,
-#: so each distractor nudges the task metric a little (the mean logit) without taking it over
-AUX_READ = 0.3
+#: a channel's "previous token" is a random unit code per token in a block of this many dimensions
+#: (not one-hot: many channels fit in a modest residual). An induction head's score on a key whose
+#: code is another token's is the codes' overlap, ~N(0, 1/16) times the strength: the matching key
+#: still takes nearly all the attention.
+CODE_DIM = 16
+#: how strongly the unembedding reads what the other channels write (into a shuffle of the
+#: vocabulary), divided by the square root of the number of channels read out: with four channels
+#: each one's predictions move other tokens' logits by 2-4, below the answer's ~10; with many,
+#: each moves them less, so that tokens that several channels happen to predict at once do not
+#: outscore the answer. Each channel nudges the task metric a little (through the mean logit).
+AUX_READ = 0.6
 
 
 class Induction(Case):
     name = "induction"
-    version = "2"
+    version = "3"
     circuit = CIRCUIT
     tier = "planted"
-    description = ("previous-token head (L0) K-composes with an induction head (L1) to copy [A][B]…[A]→[B]; "
-                   "every other head is a look-alike induction channel writing other predictions")
+    sizes = tuple(SHAPES)
+    description = ("previous-token head K-composes with an induction head to copy [A][B]…[A]→[B]; "
+                   "every other head belongs to a look-alike induction channel writing other predictions")
 
     def build(self, seed: int, size: str = DEFAULT_SIZE) -> Instance:
         self.check_size(size)
         rng = np.random.default_rng([seed, 0])
-        channels = [f"prev{c}" for c in range(N_HEADS)]
-        aux = [f"aux{c}" for c in range(N_HEADS)]
-        layout = ResidualLayout({"tok": VOCAB, "pos": N_CTX, "out": VOCAB,
-                                 **{c: VOCAB for c in channels}, **{a: VOCAB for a in aux}})
-        model = PlantedModel(layout, n_layers=2, n_heads=N_HEADS, d_head=VOCAB, d_vocab=VOCAB, n_ctx=N_CTX)
+        n_layers, n_heads = SHAPES[size]
+        channels = plan_channels(CIRCUIT, n_layers, n_heads, rng)
+        layout = ResidualLayout({"tok": VOCAB, "pos": N_CTX, "out": VOCAB, "aux": VOCAB,
+                                 **{ch.block("prev"): CODE_DIM for ch in channels}})
+        model = PlantedModel(layout, n_layers=n_layers, n_heads=n_heads, d_head=VOCAB,
+                             d_vocab=VOCAB, n_ctx=N_CTX)
         model.embed_tokens("tok")
         model.embed_positions("pos")
         model.unembed("out")
-        for block in aux:  # each distractor channel predicts through its own shuffle of the vocabulary
-            model.unembed(block, [int(t) for t in rng.permutation(VOCAB)], scale=AUX_READ)
+        aux_read = AUX_READ / np.sqrt(len(channels) - 1)
+        shuffled_readout(model, "aux", rng, aux_read)
 
         tok, pos = layout.basis("tok"), layout.basis("pos")
-        # layer 0: every head is a previous-token head copying into its own channel
-        for h in range(N_HEADS):
-            model.set_qk(0, h, pos[1:N_CTX], pos[: N_CTX - 1], rng.uniform(*QK_RANGE))
-            model.set_ov(0, h, tok, layout.basis(channels[h]), gain=rng.uniform(*COPY_RANGE))
-        # layer 1: every head is an induction head keyed on one layer-0 channel (K-composition);
-        # the circuit's writes the logits the task reads, the others their own channel's shuffle
-        reads = rng.permutation(N_HEADS)
-        ind_head = int(rng.integers(N_HEADS))
-        for h in range(N_HEADS):
-            model.set_qk(1, h, tok, layout.basis(channels[reads[h]]), rng.uniform(*QK_RANGE))
-            target = "out" if h == ind_head else aux[h]
-            model.set_ov(1, h, tok, layout.basis(target), gain=rng.uniform(*GAIN_RANGE))
+        for ch in channels:
+            codes = random_codes(layout, ch.block("prev"), VOCAB, rng)  # token -> its code
+            if "previous_token" in ch.slots:  # attends to p - 1 and writes that token's code
+                layer, h = ch.slots["previous_token"]
+                model.set_qk(layer, h, pos[1:N_CTX], pos[: N_CTX - 1], rng.uniform(*QK_RANGE))
+                model.set_ov(layer, h, tok, codes, gain=rng.uniform(*COPY_RANGE))
+            if "induction" in ch.slots:  # current token vs previous-token code, copies the token
+                layer, h = ch.slots["induction"]
+                model.set_qk(layer, h, tok, codes, rng.uniform(*QK_RANGE))
+                # the circuit's writes the task's logits; another channel's the shared aux block,
+                # through its own shuffle of the vocabulary (it predicts another token)
+                write = layout.basis("out") if ch.is_circuit else layout.basis("aux")[rng.permutation(VOCAB)]
+                model.set_ov(layer, h, tok, write, gain=rng.uniform(*GAIN_RANGE))
+            elif not ch.is_circuit:  # a previous-token head nobody reads is read by the unembedding
+                shuffled_readout(model, ch.block("prev"), rng, aux_read)
         model.rotate(rng)
-        truth = CIRCUIT.truth({"previous_token": [names.head(0, int(reads[ind_head]))],
-                               "induction": [names.head(1, ind_head)]})
+        truth = CIRCUIT.truth({role: [names.head(*slot)] for role, slot in channels[0].slots.items()})
         return Instance(model=model.to_bridge(), truth=truth, seed=seed, size=size)
 
     def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:

@@ -117,3 +117,11 @@ def shuffled_readout(model: PlantedModel, block: str, rng: np.random.Generator, 
         raise ValueError(f"block {block!r} has {size} directions but the vocabulary only {model.d_vocab} tokens")
     tokens = [int(t) for t in rng.permutation(model.d_vocab)[:size]]
     model.unembed(block, tokens, scale=scale)
+
+
+def random_codes(layout, block: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` random unit vectors inside ``block`` as rows ``[n, d_model]``: codes for n items (tokens,
+    say) in fewer dimensions than one-hot, so many channels fit in a modest residual. Two codes
+    overlap by ~N(0, 1/size)."""
+    raw = rng.standard_normal((n, layout.size(block)))
+    return (raw / np.linalg.norm(raw, axis=1, keepdims=True)) @ layout.basis(block)
