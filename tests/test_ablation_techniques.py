@@ -95,16 +95,19 @@ def test_composition_scores_match_library_for_one_pair():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_composition_scores_find_k_composition_but_not_which_channel_the_task_uses(seed):
-    """induction runs one K-composition channel per head pair; only one feeds the task. The
-    weights show every channel's K edge alike (within 1e-4 of each other, far above every other
-    edge), so composition scores rank the planted edge among them and cannot single it out."""
+    """induction runs one K-composition channel per previous-token / induction head pair; only one
+    feeds the task. The weights show every channel's K edge alike (within 5% of each other, far
+    above every other edge), so composition scores rank the planted edge among them and cannot
+    single it out."""
     v, truth = view("induction", seed, "edge")
     scores = load_technique("composition_scores").attribute(v)
     (k_edge,) = [e for e, kind in truth.edges.items() if kind == "k" and not e.startswith("input")]
     top = scores.sort_values(ascending=False)
-    channels = top.index[:4]
-    assert k_edge in channels and all(e.endswith("<k>") for e in channels), top.head(5).to_dict()
-    assert top.iloc[0] - top.iloc[3] < 1e-4 < top.iloc[3] - top.iloc[4]
+    channels = top[top > 0.5 * top.iloc[0]]
+    assert k_edge in channels.index and len(channels) >= 2, top.head(5).to_dict()
+    assert all(e.endswith("<k>") for e in channels.index)
+    assert channels.min() > 0.95 * channels.max()
+    assert top.iloc[len(channels)] < 0.01 * channels.min()
     non_head = [e for e in scores.index if e.startswith("input") or "m" in e.split("->")[1][:1]
                 or e.endswith("logits")]
     assert (scores[non_head] == 0).all()

@@ -86,23 +86,35 @@ def test_list_and_leaderboard(tmp_path):
 
 
 def test_verify_prints_certificates():
-    code, out, _ = _cli("verify", "--case", "induction", "--seeds", "0", "--skip-audit")
+    code, out, _ = _cli("verify", "--case", "induction", "--seeds", "0", "--size", "small", "--skip-audit")
     assert code == 0
-    assert "induction seed 0: PASS" in out and "necessity" in out and ">= 0.9" in out
+    assert "induction (small) seed 0: PASS" in out and "necessity" in out and ">= 0.9" in out
     assert "fingerprint audit: skipped" in out
     # the K-composition edge carries the effect; the queries' input edges never change (nil)
     assert "previous_token -> induction <k>" in out and "3 of 7 truth edges are nil" in out
+    assert "MISLABELLED" not in out
 
 
-def test_verify_fails_a_case_that_its_fingerprint_gives_away():
-    """trap_suppression's circuit heads are the only ones with large, sharp weights: the audit
-    says so and verify exits 1, although every certificate passes."""
-    code, out, _ = _cli("verify", "--case", "trap_suppression", "--seeds", "0", "--audit-seeds", "0-5")
+def test_verify_rejects_a_size_the_case_does_not_build():
+    code, _, err = _cli("verify", "--case", "trap_suppression", "--size", "huge", "--skip-audit")
+    assert code == 2 and "has no 'huge' size" in err
+
+
+def test_verify_fails_a_case_that_its_fingerprint_gives_away(monkeypatch, capsys):
+    """A case built the old way (two loud circuit heads among quiet distractors): the audit says
+    so and verify exits 1."""
+    from test_fingerprint import _OldStyle
+
+    from mibench.cli import common, main as cli_main
+    from mibench import registry
+
+    monkeypatch.setattr(registry, "load_case", lambda name: _OldStyle())
+    monkeypatch.setattr(common, "case_names", lambda pattern: ["old_style"])
+    code = cli_main.main(["verify", "--case", "old_style", "--seeds", "0", "--audit-seeds", "0-5"])
+    out = capsys.readouterr().out
     assert code == 1
-    assert "trap_suppression seed 0: PASS" in out
-    assert "trap_suppression fingerprint audit over seeds 0-5" in out and "FAIL" in out
-    assert "ov_norm" in out and "attention_entropy" in out
-    assert "1 failed: trap_suppression fingerprint audit" in out
+    assert "old_style (small) fingerprint audit over seeds 0-5" in out and "FAIL" in out
+    assert "old_style (small) fingerprint audit (ov_norm" in out
 
 
 def test_case_patterns():
