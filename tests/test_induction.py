@@ -40,8 +40,8 @@ def test_seed_randomises_roles_and_basis():
     placements = {tuple(sorted(prepared("induction", s).instance.truth.nodes)) for s in SEEDS}
     assert len(placements) > 1
     w0 = prepared("induction", 0).instance.model.W_E.detach()
-    w1 = prepared("induction", 1).instance.model.W_E.detach()
-    assert not torch.allclose(w0, w1)
+    w2 = prepared("induction", 2).instance.model.W_E.detach()  # seeds 0 and 2 have the same width
+    assert w0.shape == w2.shape and not torch.allclose(w0, w2)
 
 
 def _run(technique, seed):

@@ -112,9 +112,11 @@ def test_commits_note_names_each_commit_once():
         return RunRecord(technique="dla", case="ioi", seed=0, granularity="node", status="ok",
                          mibench_commit=commit, created_utc="2020-01-01T00:00:00+00:00")
 
-    assert commits_note([run("a" * 40), run("a" * 40)]) == "All results come from mibench commit `aaaaaaaaaaaa`."
+    assert commits_note([run("a" * 40), run("a" * 40)]) == \
+        "All results come from mibench commit `aaaaaaaaaaaa`. Model size: small."
     assert commits_note([run("b" * 40), run(None), run("b" * 40)]) == (
-        "Results come from a mibench copy outside git (1 run), mibench commit `bbbbbbbbbbbb` (2 runs).")
+        "Results come from a mibench copy outside git (1 run), mibench commit `bbbbbbbbbbbb` (2 runs). "
+        "Model size: small.")
 
 
 def test_traps_table_rows_feed_markdown_and_html():
