@@ -74,7 +74,10 @@ def _open(score: float, sink: float) -> float:
     return float(np.exp(score) / (np.exp(score) + np.exp(sink) + CONTEXT))
 
 
-def pair_heads(n_layers: int, n_heads: int, rng: np.random.Generator) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+Slot = tuple[int, int]  # (layer, head)
+
+
+def pair_heads(n_layers: int, n_heads: int, rng: np.random.Generator) -> list[tuple[Slot, Slot]]:
     """Every head of the model as the main or the backup mover of one channel, the main strictly
     below its backup; channel 0 (first) has its main in layer 0 and its backup in layer 1, as
     circuit.yaml states. Layer 0 holds only mains and the top layer only backups; each layer in
@@ -90,8 +93,8 @@ def pair_heads(n_layers: int, n_heads: int, rng: np.random.Generator) -> list[tu
         if ok and unpaired == n_heads and (middle == 0 or n_backups[0] >= 1):
             break
     n_backups = [0, *n_backups, n_heads]
-    pairs: list[tuple[tuple[int, int], tuple[int, int]]] = []
-    pool: list[tuple[int, int]] = []
+    pairs: list[tuple[Slot, Slot]] = []
+    pool: list[Slot] = []
     for layer, b in enumerate(n_backups):
         heads = [(layer, int(h)) for h in rng.permutation(n_heads)]
         for backup in heads[:b]:

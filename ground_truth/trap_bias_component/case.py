@@ -214,9 +214,10 @@ class TrapBiasComponent(Case):
         signs = rng.permutation([1.0, -1.0] * (n_v // 2) + [1.0] * (n_v % 2))
         for v, (head, m) in enumerate(zip(plan.movers, plan.reads)):
             gain = rng.uniform(*MOVER_GAIN)
+            score, sink = rng.uniform(*MOVER_QK), rng.uniform(*MOVER_SINK)  # scores on X and on BOS
             set_qk_terms(model, *head, [
-                constant_term(layout, f"query{sfx(v)}", f"marked{sfx(m)}", rng.uniform(*MOVER_QK) / (query[v] * marked[m])),
-                constant_term(layout, f"query{sfx(v)}", "bos", rng.uniform(*MOVER_SINK) / query[v])])
+                constant_term(layout, f"query{sfx(v)}", f"marked{sfx(m)}", score / (query[v] * marked[m])),
+                constant_term(layout, f"query{sfx(v)}", "bos", sink / query[v])])
             model.set_ov(*head, rows(layout, "tok", items), rows(layout, f"out{sfx(v)}"), gain=gain)
             if v == 0:
                 span = gain
