@@ -34,7 +34,11 @@ class AuditRow:
 
     @property
     def passed(self) -> bool:
-        return self.auroc is not None and BAND[0] <= self.auroc <= BAND[1]
+        """In the band; or undefined because no node of the kind the statistic measures is in the
+        truth (an MLP statistic when the circuit has no MLP), so it cannot point at any."""
+        if self.auroc is None:
+            return self.n_truth == 0
+        return BAND[0] <= self.auroc <= BAND[1]
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,8 @@ class Audit:
         return [row for row in self.rows if not row.passed]
 
     def table(self) -> list[list[str]]:
-        return [[row.statistic, "n/a" if row.auroc is None else f"{row.auroc:.2f}",
+        return [[row.statistic, "n/a (no truth node)" if row.auroc is None and row.passed else
+                 "n/a" if row.auroc is None else f"{row.auroc:.2f}",
                  f"{BAND[0]:g}–{BAND[1]:g}", "pass" if row.passed else "FAIL",
                  f"{row.n_truth} truth / {row.n_other} other nodes"] for row in self.rows]
 

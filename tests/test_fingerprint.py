@@ -99,3 +99,10 @@ def test_audit_passes_when_the_circuit_looks_like_everything_else():
                                            (0.71, False), (None, False)])
 def test_both_directions_give_the_truth_away(value, passed):
     assert AuditRow("s", value, 2, 10).passed is passed
+
+
+def test_a_statistic_of_a_kind_the_truth_lacks_cannot_give_it_away():
+    """An MLP statistic on a circuit of heads only has no truth node to point at: it passes; one
+    whose nodes are all truth is undefined and fails (every such node would be found)."""
+    assert AuditRow("mlp_in_norm", None, 0, 30).passed
+    assert not AuditRow("mlp_in_norm", None, 30, 0).passed
