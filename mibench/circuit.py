@@ -82,7 +82,9 @@ class Circuit:
 
     def disagreements(self, truth: Truth) -> list[str]:
         """Where a built instance's truth departs from this file: a role placed on a component of
-        another kind or layer than stated, a role not placed, or truth at other granularities."""
+        another kind than stated, roles placed out of circuit.yaml's layer order (a larger model
+        may place the circuit at other layers, keeping their order and which roles share one), a
+        role not placed, or truth at other granularities."""
         out = []
         placed: dict[str, list[str]] = {}
         for node, role in truth.nodes.items():
@@ -95,8 +97,13 @@ class Circuit:
                 parsed = names.parse_node(node)
                 if "kind" in spec and spec["kind"] != parsed.kind:
                     out.append(f"{role} is a {spec['kind']} in circuit.yaml but placed on {node}")
-                if "layer" in spec and spec["layer"] != parsed.layer:
-                    out.append(f"{role} is in layer {spec['layer']} in circuit.yaml but placed on {node}")
+        layered = [(role, spec["layer"], names.parse_node(node).layer) for role, spec in self.roles.items()
+                   if "layer" in spec for node in placed.get(role, [])]
+        for role_a, yaml_a, at_a in layered:
+            for role_b, yaml_b, at_b in layered:
+                if (yaml_a < yaml_b) != (at_a < at_b) or (yaml_a == yaml_b) != (at_a == at_b):
+                    out.append(f"{role_a} (layer {yaml_a} in circuit.yaml) and {role_b} (layer {yaml_b}) "
+                               f"are placed at layers {at_a} and {at_b}, out of circuit.yaml's order")
         for role in set(placed) - set(self.roles):
             out.append(f"{placed[role]} have role {role}, which circuit.yaml does not declare")
         if truth.granularities() != self.granularities():
@@ -104,9 +111,12 @@ class Circuit:
                        f"at {', '.join(self.granularities())}")
         return out
 
-    def truth(self, placement: dict[str, list[str]], neurons: dict[str, str] | None = None) -> Truth:
+    def truth(self, placement: dict[str, list[str]], neurons: dict[str, str] | None = None,
+              layer_map: dict[int, int] | None = None, n_layers: int | None = None) -> Truth:
         """The Truth once each role is placed on components (``role -> [node names]``) and, for
-        the neuron-level roles, on neurons (``neuron name -> role``)."""
+        the neuron-level roles, on neurons (``neuron name -> role``). A circuit placed at other
+        layers than circuit.yaml's (``layer_map``: yaml layer -> model layer, in a model of
+        ``n_layers``) has its answer layer and residual sites moved with it."""
         missing = set(self.roles) - set(placement)
         if missing:
             raise ValueError(f"roles {sorted(missing)} of {self.name} were not placed")
@@ -130,5 +140,24 @@ class Circuit:
                     if (src_role, dst_role, kind) in self.edge_notes:
                         edge_notes[label] = self.edge_notes[(src_role, dst_role, kind)]
         direct = {node: int(sign) for role, sign in self.direct.items() for node in placement[role]}
+        sites, answer_layer = dict(self.sites), self.answer_layer
+        if layer_map is not None:
+            if n_layers is None:
+                raise ValueError("a layer_map needs the model's n_layers (to place the final residual)")
+            sites = {v: frozenset(s for site in site_set for s in self._moved_site(site, layer_map, n_layers))
+                     for v, site_set in sites.items()}
+            answer_layer = None if answer_layer is None else layer_map[answer_layer]
         return Truth(nodes=nodes, edges=edges, edge_notes=edge_notes, direct=direct, neurons=dict(neurons),
-                     sites=dict(self.sites), answer_layer=self.answer_layer, targets=dict(self.targets))
+                     sites=sites, answer_layer=answer_layer, targets=dict(self.targets))
+
+    def _moved_site(self, site: str, layer_map: dict[int, int], n_layers: int) -> list[str]:
+        """Residual site ``r{L}@P`` of circuit.yaml (the input of yaml layer L) in the placed
+        model: every depth between the block that wrote it and the block that reads it, since
+        the layers in between leave it where it is."""
+        depth, label = names.parse_site(site)
+        yaml_layers = sorted(layer_map)
+        below = [layer for layer in yaml_layers if layer < depth]
+        above = [layer for layer in yaml_layers if layer >= depth]
+        first = layer_map[below[-1]] + 1 if below else 0
+        last = layer_map[above[0]] if above else n_layers
+        return [names.site(d, label) for d in range(first, last + 1)]

@@ -88,7 +88,7 @@ def test_a_case_s_granularities_come_from_its_truth(case_name):
 
 
 def test_verify_fails_when_circuit_yaml_disagrees_with_the_instance():
-    """Moving a role onto a component of another layer than circuit.yaml states fails the
+    """Moving a role into the layer of a role that circuit.yaml puts before it fails the
     certificate's label check (and only that check)."""
     import dataclasses
 
@@ -102,5 +102,5 @@ def test_verify_fails_when_circuit_yaml_disagrees_with_the_instance():
     moved = dataclasses.replace(prep.instance, truth=dataclasses.replace(truth, nodes=nodes))
     cert = certify_instance(prep.case, moved)
     label_check = next(c for c in cert.checks if c.name == "labels match circuit.yaml")
-    assert not label_check.passed and "induction is in layer 1" in label_check.detail
+    assert not label_check.passed and "out of circuit.yaml's order" in label_check.detail
     assert prep.certificate.passed

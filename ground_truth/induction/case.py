@@ -11,7 +11,7 @@ from mibench import names
 from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
 from mibench.circuit import Circuit
 from mibench.models import PlantedModel, ResidualLayout
-from mibench.models.channels import plan_channels, random_codes, shuffled_readout
+from mibench.models.channels import plan_channels, random_codes, random_layer_map, shuffled_readout
 
 BOS = 0
 VOCAB = 48  # token 0 is BOS; 1..47 are ordinary tokens
@@ -57,7 +57,10 @@ class Induction(Case):
         self.check_size(size)
         rng = np.random.default_rng([seed, 0])
         n_layers, n_heads = SHAPES[size]
-        channels = plan_channels(CIRCUIT, n_layers, n_heads, rng)
+        # the circuit's own layers are drawn too (in order), so "it sits in the first layers" is
+        # no give-away in a deeper model
+        layer_map = random_layer_map(CIRCUIT, n_layers, rng)
+        channels = plan_channels(CIRCUIT, n_layers, n_heads, rng, layer_map=layer_map)
         layout = ResidualLayout({"tok": VOCAB, "pos": N_CTX, "out": VOCAB, "aux": VOCAB,
                                  **{ch.block("prev"): CODE_DIM for ch in channels}})
         model = PlantedModel(layout, n_layers=n_layers, n_heads=n_heads, d_head=VOCAB,
@@ -85,7 +88,8 @@ class Induction(Case):
             elif not ch.is_circuit:  # a previous-token head nobody reads is read by the unembedding
                 shuffled_readout(model, ch.block("prev"), rng, aux_read)
         model.rotate(rng)
-        truth = CIRCUIT.truth({role: [names.head(*slot)] for role, slot in channels[0].slots.items()})
+        truth = CIRCUIT.truth({role: [names.head(*slot)] for role, slot in channels[0].slots.items()},
+                              layer_map=layer_map, n_layers=n_layers)
         return Instance(model=model.to_bridge(), truth=truth, seed=seed, size=size)
 
     def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:

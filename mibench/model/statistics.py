@@ -1,7 +1,8 @@
 """Task-agnostic statistics of every node: what can be read off a model without a metric, an answer
 or a corrupted prompt. The fingerprint audit scores them against the truth (a case passes only if
 none gives the circuit away) and the baseline techniques ``weight_norm``, ``attention_entropy`` and
-``activation_norm`` rank nodes by them, so the leaderboard shows what "loudness" alone achieves.
+``activation_norm`` rank nodes by them, so the leaderboard shows what "loudness" alone achieves. The
+node's layer is one too: a circuit always built in the same layers is found by reading the case.
 
 Every statistic maps node names to floats, over the nodes it is defined for: head statistics over
 heads, MLP statistics over MLPs, output statistics over both.
@@ -81,5 +82,12 @@ def activation_statistics(model, tokens: torch.Tensor) -> dict[str, dict[str, fl
     return out
 
 
+def depth_statistics(model) -> dict[str, dict[str, float]]:
+    """Each node's layer: what "the circuit sits in the first layers", read off a case's code or
+    circuit.yaml, would give away (both directions count, like every statistic)."""
+    shape = names.Shape.of(model)
+    return {"layer": {node: float(names.node_layer(node)) for node in names.nodes(shape)}}
+
+
 def all_statistics(model, tokens: torch.Tensor) -> dict[str, dict[str, float]]:
-    return {**weight_statistics(model), **activation_statistics(model, tokens)}
+    return {**depth_statistics(model), **weight_statistics(model), **activation_statistics(model, tokens)}

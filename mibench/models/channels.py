@@ -55,18 +55,37 @@ def upstream(circuit: Circuit) -> dict[str, set[str]]:
             for role in circuit.roles}
 
 
+def circuit_layers(circuit: Circuit) -> list[int]:
+    """The distinct layers circuit.yaml places roles in, ascending."""
+    return sorted({spec["layer"] for spec in circuit.roles.values()})
+
+
+def random_layer_map(circuit: Circuit, n_layers: int, rng: np.random.Generator) -> dict[int, int]:
+    """A random strictly increasing map of circuit.yaml's layers into ``range(n_layers)``: where the
+    circuit sits in a model deeper than it needs (so that "the circuit is in the first layers" is
+    not a give-away). Roles keep their order; pass the map to :func:`plan_channels` and
+    :meth:`Circuit.truth`."""
+    layers = circuit_layers(circuit)
+    if len(layers) > n_layers:
+        raise ValueError(f"the circuit spans {len(layers)} layers, the model has {n_layers}")
+    return dict(zip(layers, sorted(int(x) for x in rng.choice(n_layers, size=len(layers), replace=False))))
+
+
 def plan_channels(circuit: Circuit, n_layers: int, n_heads: int, rng: np.random.Generator,
-                  mlp_groups: int = 0, mlp_layers=None, max_tries: int = 2000) -> list[Channel]:
+                  mlp_groups: int = 0, mlp_layers=None, layer_map: dict[int, int] | None = None,
+                  max_tries: int = 2000) -> list[Channel]:
     """Fill every head (and ``mlp_groups`` neuron groups of the MLP of each layer in ``mlp_layers``,
-    all by default, if the circuit has MLP roles) with channels. Channel 0 sits at circuit.yaml's layers; each further channel at a random
+    all by default, if the circuit has MLP roles) with channels. Channel 0 sits at circuit.yaml's
+    layers mapped by ``layer_map`` (unchanged by default); each further channel at a random
     strictly increasing map of those layers into the model's, built around a randomly chosen free
     slot so that every slot ends up used. Raises if a slot cannot host any role."""
     roles = sorted(circuit.roles, key=lambda r: circuit.roles[r]["layer"])
     kinds = {r: circuit.roles[r].get("kind", "head") for r in roles}
     inputs = upstream(circuit)
-    layers = sorted({circuit.roles[r]["layer"] for r in roles})
-    if layers[-1] >= n_layers:
-        raise ValueError(f"the circuit needs {layers[-1] + 1} layers, the model has {n_layers}")
+    layers = circuit_layers(circuit)
+    layer_map = layer_map or {layer: layer for layer in layers}
+    if max(layer_map.values()) >= n_layers:
+        raise ValueError(f"the circuit needs {max(layer_map.values()) + 1} layers, the model has {n_layers}")
     capacity = {"head": n_heads, "mlp": mlp_groups}
     mlp_layers = set(range(n_layers) if mlp_layers is None else mlp_layers)
     free = {(kind, layer): [int(i) for i in rng.permutation(capacity[kind])]
@@ -82,9 +101,9 @@ def plan_channels(circuit: Circuit, n_layers: int, n_heads: int, rng: np.random.
                 slots[role] = (layer, pool.pop())
         return Channel(index, slots)
 
-    channels = [place({layer: layer for layer in layers}, 0)]
+    channels = [place(layer_map, 0)]
     if len(channels[0].slots) != len(roles):
-        raise ValueError(f"the circuit does not fit a {n_layers}×{n_heads} model at its own layers")
+        raise ValueError(f"the circuit does not fit a {n_layers}×{n_heads} model at layers {layer_map}")
     for _ in range(max_tries):
         open_slots = [(kind, layer) for (kind, layer), pool in free.items() if pool]
         if not open_slots:
