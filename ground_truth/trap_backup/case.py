@@ -79,8 +79,8 @@ Slot = tuple[int, int]  # (layer, head)
 
 def pair_heads(n_layers: int, n_heads: int, rng: np.random.Generator) -> list[tuple[Slot, Slot]]:
     """Every head of the model as the main or the backup mover of one channel, the main strictly
-    below its backup; channel 0 (first) has its main in layer 0 and its backup in layer 1, as
-    circuit.yaml states. Layer 0 holds only mains and the top layer only backups; each layer in
+    below its backup; the first pair has its main in layer 0 and its backup in layer 1, as
+    circuit.yaml states (the build draws the circuit's pair in a deeper model). Layer 0 holds only mains and the top layer only backups; each layer in
     between a random number of backups, each paired with a random main still unpaired below it.
     (``plan_channels`` would leave lone main movers whose copies nothing compensates.)"""
     middle = n_layers - 2
@@ -128,6 +128,8 @@ class TrapBackup(Case):
         rng = np.random.default_rng([seed, 0])
         items, fillers = _token_roles(seed)
         pairs = pair_heads(n_layers, n_heads, rng)
+        if n_layers > 2:  # a deeper model: the circuit is any of the pairs, so its layers say nothing
+            pairs.insert(0, pairs.pop(int(rng.integers(len(pairs)))))
         blocks = ["out"] + [f"out@{c}" for c in range(1, len(pairs))]
         layout = ResidualLayout({"tok": VOCAB, "one": 1, "bos": 1, "item": 1, "prior": 1,
                                  **{b: N_ITEMS for b in blocks}})
@@ -167,7 +169,8 @@ class TrapBackup(Case):
             model.unembed(block, items, scale=signs[c - 1] * rng.uniform(*NOISE_SHARE) * span / clean_backup)
         model.rotate(rng)
         (main, backup) = pairs[0]
-        truth = CIRCUIT.truth({"main_mover": [names.head(*main)], "backup_mover": [names.head(*backup)]})
+        truth = CIRCUIT.truth({"main_mover": [names.head(*main)], "backup_mover": [names.head(*backup)]},
+                              layer_map={0: main[0], 1: backup[0]}, n_layers=n_layers)
         return Instance(model=model.to_bridge(), truth=truth, seed=seed, size=size)
 
     def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
