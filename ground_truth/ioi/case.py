@@ -13,7 +13,7 @@ from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.readout import direct_effects, metric_gradient
 from mibench.models import PlantedModel, ResidualLayout
-from mibench.models.channels import Channel, shuffled_readout
+from mibench.models.channels import Channel, random_layer_map, shuffled_readout
 from mibench.models.gating import (QKTerm, embed_flag, match_term, rows, self_exclusion_term,
                                    set_qk_terms)
 
@@ -59,10 +59,12 @@ NM_GAIN, NEG_GAIN = 10.0, 3.0  # name mover writes +10·IO, the negative name mo
 # 10 − 2·7 = −4 ≪ 9.5 (silent); name mover ablated: IO scores 10 + 2·3 = 16 ≫ 9.5 (the negative
 # head's −3·IO only opens the gate wider); ABC run: each name scores 10 − 2·7/3 ≈ 5.3 < 9.5, so
 # the backup stays nearly silent there too and patching it from the corrupted run does little.
-# The ±10% draws keep every one of these inequalities with a margin of at least 3.
+# The draws below keep every one of these inequalities with a margin of at least 3.
 BK_NAME, BK_INHIBIT, BK_PREDICT, BK_SINK, BK_GAIN = 10.0, 12.0, 2.0, 9.5, 10.0
 SHARPNESS = (0.9, 1.1)
-GAIN = (0.9, 1.1)
+#: narrower than SHARPNESS: the backup replaces the name mover's write with its own, so a gap
+#: between their gains is behaviour the backup compensation check sees as lost
+GAIN = (0.95, 1.05)
 #: How strongly the unembedding reads a look-alike channel's output (through its own random
 #: shuffle of the vocabulary): its name movers' prediction of the indirect object moves some other
 #: token's logit by about 1, below the circuit's ~7. The shuffle sends a channel's IO to IO or S on
@@ -72,7 +74,7 @@ AUX_READ = 0.1
 D_HEAD = 32  # the largest rank is the duplicate-token head's: 12 names + 16 positions + 1
 
 # --- sizes and channels -----------------------------------------------------------------------
-#: (layers, heads per layer) of each size; the circuit (channel 0) stays at circuit.yaml's layers
+#: (layers, heads per layer) of each size; the circuit (channel 0) keeps circuit.yaml's layer order
 SHAPES = {"small": (5, 4), "medium": (6, 8), "large": (12, 12)}
 #: which residual block each role writes (a look-alike channel writes its own copy of the block)
 WRITES = {"duplicate_token": "dup", "previous_token": "prev", "induction": "dup",
@@ -87,7 +89,7 @@ NEEDS = {"duplicate_token": (), "previous_token": (), "induction": (("previous_t
          "s_inhibition": (("duplicate_token", "induction"),), "name_mover": (("s_inhibition",),),
          "negative_name_mover": (("s_inhibition",),), "backup_name_mover": (("name_mover",),)}
 #: placements tried per seed; the most even mixture of roles among the look-alikes is kept
-PLACEMENT_TRIALS = 40
+PLACEMENT_TRIALS = 100
 
 
 # --- certificate extras (the generic thresholds are in mibench.certificate.THRESHOLDS) ---------
@@ -156,15 +158,19 @@ def _sample_channel(free: list[int], rng: np.random.Generator, whole: bool) -> d
     return None
 
 
-def _place_channels(n_layers: int, n_heads: int, rng: np.random.Generator) -> list[Channel]:
-    """Channel 0 (the circuit) at circuit.yaml's layers, then as many whole look-alike channels as
-    fit, then partial ones until every head hosts a role. Of PLACEMENT_TRIALS complete fillings the
-    one whose look-alike roles are most evenly mixed is kept: the audit pools truth against
-    non-truth heads, so a mixture skewed towards some roles would let their statistics show."""
+def _place_channels(n_layers: int, n_heads: int, layer_map: dict[int, int],
+                    rng: np.random.Generator) -> list[Channel]:
+    """Channel 0 (the circuit) at circuit.yaml's layers mapped by ``layer_map``, then as many whole
+    look-alike channels as fit, then partial ones until every head hosts a role. Of
+    PLACEMENT_TRIALS complete fillings the one whose look-alike roles are most evenly mixed is kept:
+    the audit pools truth against non-truth heads, so a mixture skewed towards some roles would
+    let their statistics show. (The toolkit's plan_channels builds partial channels around random
+    free slots, keeping every role's inputs: at 5×4 its look-alikes held about four duplicate-token
+    heads for every backup.)"""
     best, best_spread, filled = None, None, 0
     for _ in range(20 * PLACEMENT_TRIALS):
         free = [n_heads] * n_layers
-        plan = [{role: CIRCUIT.roles[role]["layer"] for role in ROLES}]
+        plan = [{role: layer_map[CIRCUIT.roles[role]["layer"]] for role in ROLES}]
         for layer in plan[0].values():
             free[layer] -= 1
         for whole in (True, False):
@@ -254,7 +260,10 @@ class IOI(Case):
         rng = np.random.default_rng([seed, 0])
         name_toks, _ = _token_roles(seed)
         n_layers, n_heads = SHAPES[size]
-        channels = _place_channels(n_layers, n_heads, rng)
+        # the circuit's own layers are drawn too (in order), so "it sits in the first layers" is
+        # no give-away in a deeper model
+        layer_map = random_layer_map(CIRCUIT, n_layers, rng)
+        channels = _place_channels(n_layers, n_heads, layer_map, rng)
         blocks = {ch.block(WRITES[role]): BLOCK_SIZE[WRITES[role]] for ch in channels for role in ch.slots}
         layout = ResidualLayout({"tok": VOCAB, "one": 1, "bos": 1, "name": 1, "pos": N_CTX, **blocks})
         model = PlantedModel(layout, n_layers=n_layers, n_heads=n_heads, d_head=D_HEAD, d_vocab=VOCAB,
@@ -275,7 +284,8 @@ class IOI(Case):
                 for block in sorted({ch.block(WRITES[role]) for role in ch.sinks(CIRCUIT)}):
                     shuffled_readout(model, block, rng, AUX_READ)
         model.rotate(rng)
-        truth = CIRCUIT.truth({role: [names.head(*slot)] for role, slot in channels[0].slots.items()})
+        truth = CIRCUIT.truth({role: [names.head(*slot)] for role, slot in channels[0].slots.items()},
+                              layer_map=layer_map, n_layers=n_layers)
         return Instance(model=model.to_bridge(), truth=truth, seed=seed, size=size)
 
     # --- prompts -------------------------------------------------------------------------------
