@@ -1,5 +1,6 @@
-"""Indirect Object Identification: a planted 5-layer attention-only model (see README.md beside
-this file) with the circuit of Wang et al. 2022, including negative and backup name movers."""
+"""Indirect Object Identification: a planted attention-only model (see README.md beside this file)
+with the circuit of Wang et al. 2022, including negative and backup name movers; every other head
+belongs to a look-alike copy of that circuit."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -67,9 +68,9 @@ SHARPNESS = (0.9, 1.1)
 GAIN = (0.95, 1.05)
 #: How strongly the unembedding reads a look-alike channel's output (through its own random
 #: shuffle of the vocabulary): its name movers' prediction of the indirect object moves some other
-#: token's logit by about 1, below the circuit's ~7. The shuffle sends a channel's IO to IO or S on
-#: a few prompts, so each look-alike moves the task metric a little: a small, consistent noise floor
-#: inside the strictness bound.
+#: token's logit by about 0.7, well below the circuit's ~7. The shuffle sends a channel's IO to IO
+#: or S on a few prompts, so each look-alike moves the task metric a little: a small, consistent
+#: noise floor inside the strictness bound.
 AUX_READ = 0.1
 D_HEAD = 32  # the largest rank is the duplicate-token head's: 12 names + 16 positions + 1
 
