@@ -29,6 +29,15 @@ def test_certificate_passes_seeds_0_to_4():
         assert cert.passed, f"seed {seed}: {cert.reason()}"
 
 
+def test_medium_build_certifies_on_seed_0():
+    """The medium size (6 layers × 8 heads: the circuit among six more look-alike channels)."""
+    from mibench.runner import prepare
+
+    prep = prepare(load_case("ioi"), 0, size="medium")
+    assert prep.instance.model.cfg.n_layers == 6 and prep.instance.model.cfg.n_heads == 8
+    assert prep.certificate.passed, prep.certificate.reason()
+
+
 def test_task_behaviour_accuracy_and_abc_corruption():
     case = load_case("ioi")
     for seed in SEEDS:

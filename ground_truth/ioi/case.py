@@ -1,5 +1,6 @@
-"""Indirect Object Identification: a planted 5-layer attention-only model (see README.md beside
-this file) with the circuit of Wang et al. 2022, including negative and backup name movers."""
+"""Indirect Object Identification: a planted attention-only model (see README.md beside this file)
+with the circuit of Wang et al. 2022, including negative and backup name movers; every other head
+belongs to a look-alike copy of that circuit."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,9 @@ from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.readout import direct_effects, metric_gradient
 from mibench.models import PlantedModel, ResidualLayout
-from mibench.models.gating import (QKTerm, constant_term, embed_flag, match_term,
-                                   prediction_gate_term, rows, self_exclusion_term, set_qk_terms)
+from mibench.models.channels import Channel, random_layer_map, shuffled_readout
+from mibench.models.gating import (QKTerm, embed_flag, match_term, rows, self_exclusion_term,
+                                   set_qk_terms)
 
 CIRCUIT = Circuit.load(Path(__file__).with_name("circuit.yaml"))
 
@@ -22,7 +24,9 @@ CIRCUIT = Circuit.load(Path(__file__).with_name("circuit.yaml"))
 BOS, AND, COMMA, TO = 0, 1, 2, 3  # special tokens; TO ends every prompt (the END position)
 N_SPECIAL = 4
 VOCAB = 40
-N_NAMES = 20  # the seed picks which of the 36 ordinary tokens are names; the rest are fillers
+#: The seed picks which of the 36 ordinary tokens are names; the rest are fillers. Every channel
+#: keeps three blocks with one direction per name, so the name count sets the model's width.
+N_NAMES = 12
 
 # --- templates --------------------------------------------------------------------------------
 # Slots: "A" first name, "B" second name, "S2" the repeated subject, "f" a random filler token.
@@ -41,6 +45,10 @@ SEQ = len(FRAMES[0])
 N_CTX = 16
 
 # --- planted strengths (attention scores are in logits of the softmax) -----------------------
+# Every head of every channel is built by its role's recipe below; each head draws one sharpness
+# factor (multiplying all its attention scores) and one gain factor (multiplying its write) from
+# SHARPNESS and GAIN, whichever channel it belongs to, so the circuit's heads are draws from the
+# same distributions as their look-alikes.
 DUP_QK, DUP_SINK = 12.0, 6.0  # duplicate-token: same name 12, own position −12, BOS sink 6
 PREV_QK = 12.0  # previous-token head
 IND_QK, IND_SINK = 12.0, 6.0  # induction: token vs previous token 12, BOS sink 6
@@ -52,19 +60,38 @@ NM_GAIN, NEG_GAIN = 10.0, 3.0  # name mover writes +10·IO, the negative name mo
 # 10 − 2·7 = −4 ≪ 9.5 (silent); name mover ablated: IO scores 10 + 2·3 = 16 ≫ 9.5 (the negative
 # head's −3·IO only opens the gate wider); ABC run: each name scores 10 − 2·7/3 ≈ 5.3 < 9.5, so
 # the backup stays nearly silent there too and patching it from the corrupted run does little.
+# The draws below keep every one of these inequalities with a margin of at least 3.
 BK_NAME, BK_INHIBIT, BK_PREDICT, BK_SINK, BK_GAIN = 10.0, 12.0, 2.0, 9.5, 10.0
-#: Distractor heads (every head without a role) write random vectors of these norms per unit
-#: input: large enough that techniques see non-zero noise on every head, small enough for the
-#: strictness check (no single non-truth head moves the behaviour by more than 5%).
-DISTRACTOR_WRITE = {"junk": 1.0, "out": 16.0, "dup": 0.05, "inhibit": 0.1}
-#: Two of the distractors are weak name copiers, as GPT-2 has many heads that copy names a
-#: little: they attend to every name alike and copy it with these gains (one positive, one
-#: negative). That moves IO − S by about gain/3 (S appears twice), a few percent of the
-#: behaviour: a consistent noise floor that single-node patching must rank the silent backup
-#: against, as in the real model, while staying inside the strictness bound.
-WEAK_COPIER_GAINS = (0.6, -0.5)
-WEAK_COPIER_QK = 4.0
-D_HEAD = 48  # the largest rank is the duplicate-token head's: 20 names + 16 positions + 1
+SHARPNESS = (0.9, 1.1)
+#: narrower than SHARPNESS: the backup replaces the name mover's write with its own, so a gap
+#: between their gains is behaviour the backup compensation check sees as lost
+GAIN = (0.95, 1.05)
+#: How strongly the unembedding reads a look-alike channel's output (through its own random
+#: shuffle of the vocabulary): its name movers' prediction of the indirect object moves some other
+#: token's logit by about 0.7, well below the circuit's ~7. The shuffle sends a channel's IO to IO
+#: or S on a few prompts, so each look-alike moves the task metric a little: a small, consistent
+#: noise floor inside the strictness bound.
+AUX_READ = 0.1
+D_HEAD = 32  # the largest rank is the duplicate-token head's: 12 names + 16 positions + 1
+
+# --- sizes and channels -----------------------------------------------------------------------
+#: (layers, heads per layer) of each size; the circuit (channel 0) keeps circuit.yaml's layer order
+SHAPES = {"small": (5, 4), "medium": (6, 8), "large": (12, 12)}
+#: which residual block each role writes (a look-alike channel writes its own copy of the block)
+WRITES = {"duplicate_token": "dup", "previous_token": "prev", "induction": "dup",
+          "s_inhibition": "inhibit", "name_mover": "out", "negative_name_mover": "out",
+          "backup_name_mover": "out"}
+BLOCK_SIZE = {"dup": 1, "prev": N_NAMES, "inhibit": N_NAMES, "out": N_NAMES}
+#: What a look-alike role needs below it in its channel to do its job: each group lists roles of
+#: which at least one must be placed (an S-inhibition head works from either duplicate-detection
+#: route, a backup gates on a name mover's prediction). Looser than circuit.yaml's edges so that
+#: the channels can fill every head of a model whose layer count does not tile whole channels.
+NEEDS = {"duplicate_token": (), "previous_token": (), "induction": (("previous_token",),),
+         "s_inhibition": (("duplicate_token", "induction"),), "name_mover": (("s_inhibition",),),
+         "negative_name_mover": (("s_inhibition",),), "backup_name_mover": (("name_mover",),)}
+#: placements tried per seed; the most even mixture of roles among the look-alikes is kept
+PLACEMENT_TRIALS = 100
+
 
 # --- certificate extras (the generic thresholds are in mibench.certificate.THRESHOLDS) ---------
 #: IOI accuracy (IO logit > S logit at END) required on clean prompts (the task's own bar).
@@ -94,9 +121,121 @@ def _token_roles(seed: int) -> tuple[list[int], list[int]]:
     return sorted(int(t) for t in ordinary[:N_NAMES]), sorted(int(t) for t in ordinary[N_NAMES:])
 
 
+#: the roles in circuit.yaml's layer order, and each role's inputs among them (its edges)
+ROLES = sorted(CIRCUIT.roles, key=lambda role: CIRCUIT.roles[role]["layer"])
+READS = {role: {src for src, dst, _ in CIRCUIT.edges if dst == role and src in CIRCUIT.roles}
+         for role in ROLES}
+
+
+def _height(role: str) -> int:
+    """Layers a whole channel needs above ``role`` (the longest chain of roles reading it)."""
+    return max((1 + _height(reader) for reader in ROLES if role in READS[reader]), default=0)
+
+
+HEIGHT = {role: _height(role) for role in ROLES}
+
+
+def _sample_channel(free: list[int], rng: np.random.Generator, whole: bool) -> dict[str, int] | None:
+    """Layers for one look-alike channel on the free heads (``free[layer]`` of them): every role
+    above the roles it reads, layers drawn in proportion to their free heads. ``whole`` asks for
+    all seven roles with room above each for its readers; otherwise every role that fits."""
+    for _ in range(50):
+        left, layers = list(free), {}
+        for role in ROLES:
+            if not all(any(r in layers for r in group) for group in NEEDS[role]):
+                continue
+            low = max((layers[r] + 1 for r in READS[role] if r in layers), default=0)
+            high = len(free) - 1 - (HEIGHT[role] if whole else 0)
+            options = [layer for layer in range(low, high + 1) if left[layer]]
+            if not options:
+                if whole:
+                    break
+                continue
+            weights = np.array([left[layer] for layer in options], dtype=float)
+            layers[role] = int(rng.choice(options, p=weights / weights.sum()))
+            left[layers[role]] -= 1
+        if len(layers) == len(ROLES) or (layers and not whole):
+            return layers
+    return None
+
+
+def _place_channels(n_layers: int, n_heads: int, layer_map: dict[int, int],
+                    rng: np.random.Generator) -> list[Channel]:
+    """Channel 0 (the circuit) at circuit.yaml's layers mapped by ``layer_map``, then as many whole
+    look-alike channels as fit, then partial ones until every head hosts a role. Of
+    PLACEMENT_TRIALS complete fillings the one whose look-alike roles are most evenly mixed is kept:
+    the audit pools truth against non-truth heads, so a mixture skewed towards some roles would
+    let their statistics show. (The toolkit's plan_channels builds partial channels around random
+    free slots, keeping every role's inputs: at 5×4 its look-alikes held about four duplicate-token
+    heads for every backup.)"""
+    best, best_spread, filled = None, None, 0
+    for _ in range(20 * PLACEMENT_TRIALS):
+        free = [n_heads] * n_layers
+        plan = [{role: layer_map[CIRCUIT.roles[role]["layer"]] for role in ROLES}]
+        for layer in plan[0].values():
+            free[layer] -= 1
+        for whole in (True, False):
+            while sum(free):
+                layers = _sample_channel(free, rng, whole)
+                if layers is None:
+                    break
+                plan.append(layers)
+                for layer in layers.values():
+                    free[layer] -= 1
+        if sum(free):
+            continue
+        spread = float(np.var([sum(role in layers for layers in plan[1:]) for role in ROLES]))
+        if best is None or spread < best_spread:
+            best, best_spread = plan, spread
+        filled += 1
+        if filled == PLACEMENT_TRIALS:
+            break
+    if best is None:
+        raise ValueError(f"no placement of ioi channels fills a {n_layers}×{n_heads} model")
+    heads = {layer: [int(h) for h in rng.permutation(n_heads)] for layer in range(n_layers)}
+    return [Channel(i, {role: (layer, heads[layer].pop()) for role, layer in layers.items()})
+            for i, layers in enumerate(best)]
+
+
+def _write_head(model: PlantedModel, role: str, layer: int, head: int, ch: Channel,
+                name_toks: list[int], rng: np.random.Generator, backup_gate: bool) -> None:
+    """One head of ``role`` in channel ``ch``: the role's recipe on the channel's own blocks, its
+    attention scores scaled by a SHARPNESS draw and its write by a GAIN draw."""
+    layout = model.layout
+    sharp, gain = rng.uniform(*SHARPNESS), rng.uniform(*GAIN)
+    block = lambda name: rows(layout, ch.block(name))  # noqa: E731
+    tok_names = rows(layout, "tok", name_toks)
+    one, bos, name = (rows(layout, flag) for flag in ("one", "bos", "name"))
+    if role == "duplicate_token":  # same name earlier (not itself), else the BOS sink
+        terms = [match_term(layout, "tok", "tok", DUP_QK, name_toks, name_toks),
+                 self_exclusion_term(layout, "pos", N_CTX, DUP_QK), QKTerm(one, bos, DUP_SINK)]
+        read, write = name, block("dup")
+    elif role == "previous_token":  # position p attends to p − 1, copies the name there
+        pos = rows(layout, "pos")
+        terms = [QKTerm(pos[1:N_CTX], pos[:N_CTX - 1], PREV_QK)]
+        read, write = tok_names, block("prev")
+    elif role == "induction":  # current name vs the previous-token block (K-composition)
+        terms = [QKTerm(tok_names, block("prev"), IND_QK), QKTerm(one, bos, IND_SINK)]
+        read, write = one, block("dup")
+    elif role == "s_inhibition":  # the position flagged as duplicated, copies its name
+        terms = [QKTerm(one, block("dup"), SI_QK), QKTerm(one, bos, SI_SINK)]
+        read, write = tok_names, block("inhibit")
+    elif role in ("name_mover", "negative_name_mover"):  # names except the inhibited one
+        terms = [QKTerm(one, name, NM_NAME), QKTerm(block("inhibit"), tok_names, -NM_INHIBIT)]
+        read, write = tok_names, (NM_GAIN if role == "name_mover" else -NEG_GAIN) * block("out")
+    else:  # backup: like a name mover, gated by the channel's current prediction of each name
+        terms = [QKTerm(one, name, BK_NAME), QKTerm(block("inhibit"), tok_names, -BK_INHIBIT)]
+        if backup_gate:
+            terms += [QKTerm(block("out"), tok_names, -BK_PREDICT), QKTerm(one, bos, BK_SINK)]
+        read, write = tok_names, BK_GAIN * block("out")
+    set_qk_terms(model, layer, head, [QKTerm(t.query, t.key, sharp * t.strength) for t in terms])
+    model.set_ov(layer, head, read, write, gain=gain)
+
+
 class IOI(Case):
     name = "ioi"
-    version = "2"
+    version = "3"
+    sizes = ("small", "medium", "large")
     circuit = CIRCUIT
     tier = "planted"
     description = ("duplicate-token/induction → S-inhibition → name movers (plus negative and "
@@ -116,85 +255,38 @@ class IOI(Case):
     # --- model ---------------------------------------------------------------------------------
 
     def build(self, seed: int, size: str = DEFAULT_SIZE, *, backup_gate: bool = True) -> Instance:
-        """The planted model for ``seed``; ``backup_gate=False`` removes the backup's gate (its
-        prediction term and BOS sink) to show that the compensation check depends on it."""
+        """The planted model for ``seed`` at ``size``; ``backup_gate=False`` removes the backups'
+        gate (their prediction term and BOS sink) to show that the compensation check depends on it."""
         self.check_size(size)
         rng = np.random.default_rng([seed, 0])
         name_toks, _ = _token_roles(seed)
-        layout = ResidualLayout({
-            "tok": VOCAB, "one": 1, "bos": 1, "name": 1, "pos": N_CTX,
-            "prev": N_NAMES, "dup": 1, "inhibit": N_NAMES, "out": VOCAB, "junk": 16})
-        model = PlantedModel(layout, n_layers=5, n_heads=4, d_head=D_HEAD, d_vocab=VOCAB, n_ctx=N_CTX)
+        n_layers, n_heads = SHAPES[size]
+        # the circuit's own layers are drawn too (in order), so "it sits in the first layers" is
+        # no give-away in a deeper model
+        layer_map = random_layer_map(CIRCUIT, n_layers, rng)
+        channels = _place_channels(n_layers, n_heads, layer_map, rng)
+        blocks = {ch.block(WRITES[role]): BLOCK_SIZE[WRITES[role]] for ch in channels for role in ch.slots}
+        layout = ResidualLayout({"tok": VOCAB, "one": 1, "bos": 1, "name": 1, "pos": N_CTX, **blocks})
+        model = PlantedModel(layout, n_layers=n_layers, n_heads=n_heads, d_head=D_HEAD, d_vocab=VOCAB,
+                             n_ctx=N_CTX)
         model.embed_tokens("tok")
         embed_flag(model, "bos", [BOS])
         embed_flag(model, "one", [t for t in range(VOCAB) if t != BOS])
         embed_flag(model, "name", name_toks)
         model.embed_positions("pos")
-        model.unembed("out")
-
-        # role -> head index, drawn per layer without collisions
-        heads = {}
-        l0 = rng.permutation(4)
-        heads["duplicate_token"], heads["previous_token"] = (0, int(l0[0])), (0, int(l0[1]))
-        heads["induction"] = (1, int(rng.integers(4)))
-        heads["s_inhibition"] = (2, int(rng.integers(4)))
-        l3 = rng.permutation(4)
-        heads["name_mover"], heads["negative_name_mover"] = (3, int(l3[0])), (3, int(l3[1]))
-        heads["backup_name_mover"] = (4, int(rng.integers(4)))
-
-        tok_names = rows(layout, "tok", name_toks)
-
-        # L0 duplicate-token: same name earlier (not itself), else the BOS sink; writes the flag
-        set_qk_terms(model, *heads["duplicate_token"], [
-            match_term(layout, "tok", "tok", DUP_QK, name_toks, name_toks),
-            self_exclusion_term(layout, "pos", N_CTX, DUP_QK),
-            constant_term(layout, "one", "bos", DUP_SINK)])
-        model.set_ov(*heads["duplicate_token"], rows(layout, "name"), rows(layout, "dup"))
-        # L0 previous-token: position p attends to p − 1 and copies the name there into "prev"
-        pos = rows(layout, "pos")
-        model.set_qk(*heads["previous_token"], pos[1:N_CTX], pos[:N_CTX - 1], PREV_QK)
-        model.set_ov(*heads["previous_token"], tok_names, rows(layout, "prev"))
-        # L1 induction: current name vs previous-token subspace (K-composition), BOS sink
-        set_qk_terms(model, *heads["induction"], [
-            match_term(layout, "tok", "prev", IND_QK, name_toks),
-            constant_term(layout, "one", "bos", IND_SINK)])
-        model.set_ov(*heads["induction"], rows(layout, "one"), rows(layout, "dup"))
-        # L2 S-inhibition: attends to the duplicated position, writes its name into "inhibit"
-        set_qk_terms(model, *heads["s_inhibition"], [
-            constant_term(layout, "one", "dup", SI_QK),
-            constant_term(layout, "one", "bos", SI_SINK)])
-        model.set_ov(*heads["s_inhibition"], tok_names, rows(layout, "inhibit"))
-        # L3 name mover and negative name mover: names except the inhibited one (Q-composition)
-        out_names = rows(layout, "out", name_toks)
-        for role, gain in (("name_mover", NM_GAIN), ("negative_name_mover", -NEG_GAIN)):
-            set_qk_terms(model, *heads[role], [
-                constant_term(layout, "one", "name", NM_NAME),
-                QKTerm(rows(layout, "inhibit"), tok_names, -NM_INHIBIT)])
-            model.set_ov(*heads[role], tok_names, out_names, gain=gain)
-        # L4 backup name mover: like a name mover, gated by the residual's current prediction
-        terms = [constant_term(layout, "one", "name", BK_NAME),
-                 QKTerm(rows(layout, "inhibit"), tok_names, -BK_INHIBIT)]
-        if backup_gate:
-            terms += [prediction_gate_term(layout, "out", "tok", BK_PREDICT, name_toks),
-                      constant_term(layout, "one", "bos", BK_SINK)]
-        set_qk_terms(model, *heads["backup_name_mover"], terms)
-        model.set_ov(*heads["backup_name_mover"], tok_names, out_names, gain=BK_GAIN)
-
-        # distractors: every other head, with random attention and small random writes, except
-        # two weak name copiers in layers 2-4
-        used = set(heads.values())
-        free = [(layer, h) for layer in range(5) for h in range(4) if (layer, h) not in used]
-        late = [lh for lh in free if lh[0] >= 2]
-        copiers = [late[i] for i in rng.choice(len(late), size=len(WEAK_COPIER_GAINS), replace=False)]
-        for (layer, h), gain in zip(copiers, WEAK_COPIER_GAINS):
-            set_qk_terms(model, layer, h, [constant_term(layout, "one", "name", WEAK_COPIER_QK)])
-            model.set_ov(layer, h, tok_names, out_names, gain=gain)
-        for layer, h in free:
-            if (layer, h) not in copiers:
-                model.add_distractor_head(layer, h, rng, read_blocks=["tok", "pos", "junk"],
-                                          write=DISTRACTOR_WRITE)
+        for ch in channels:
+            for role, (layer, head) in ch.slots.items():
+                _write_head(model, role, layer, head, ch, name_toks, rng, backup_gate)
+            # the circuit's name movers write the task's logits; every other channel's outputs
+            # that nothing in the channel reads go to other tokens' logits (see AUX_READ)
+            if ch.is_circuit:
+                model.unembed("out", name_toks)
+            else:
+                for block in sorted({ch.block(WRITES[role]) for role in ch.sinks(CIRCUIT)}):
+                    shuffled_readout(model, block, rng, AUX_READ)
         model.rotate(rng)
-        truth = CIRCUIT.truth({role: [names.head(*lh)] for role, lh in heads.items()})
+        truth = CIRCUIT.truth({role: [names.head(*slot)] for role, slot in channels[0].slots.items()},
+                              layer_map=layer_map, n_layers=n_layers)
         return Instance(model=model.to_bridge(), truth=truth, seed=seed, size=size)
 
     # --- prompts -------------------------------------------------------------------------------
