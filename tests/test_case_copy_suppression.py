@@ -38,6 +38,13 @@ def test_certificate_passes(case, seed):
     assert any(n.startswith("suppression write") for n in names)
 
 
+def test_medium_certifies(case):
+    """At medium (6 × 8) the circuit is two heads among 46 look-alike channel heads."""
+    prep = prepare(case, 0, size="medium")
+    assert len(prep.ablator.all_nodes) == 48
+    assert prep.certificate.passed, prep.certificate.reason()
+
+
 def test_truth_and_metadata(case):
     truth = case.build(0).truth
     assert sorted(truth.nodes.values()) == ["copier", "copy_suppression"]
