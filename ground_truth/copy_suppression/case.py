@@ -44,7 +44,7 @@ SINK_RANGE = (3.0, 5.0)
 #: how strongly the unembedding reads another channel's predictions (through its own random rotation
 #: of the candidates' logits): each moves every candidate's logit by a fraction of a logit, so the
 #: task's metric moves by about 1% of its clean value (the noise floor, README.md)
-AUX_READ = 0.08
+AUX_READ = 0.06
 
 # Thresholds of the case's own checks.
 #: the suppressor must write at most this much (a negative logit) on the copied token at END
