@@ -20,7 +20,7 @@ BOS, END = 0, 1
 VOCAB = 48  # 0 = BOS, 1 = END; of 2..47, N_CANDIDATES are candidates (copyable), the rest fillers
 N_CANDIDATES = 16
 CONTEXT = 10  # tokens between BOS and END; exactly one of them is a candidate
-D_HEAD = 32
+D_HEAD = 17  # the suppressor's QK needs rank 17: the 16 candidates and the BOS sink
 #: (layers, heads) per size; the circuit stays at layers 0 and 1, every other head hosts a channel
 SHAPES = {"small": (2, 4), "medium": (6, 8)}
 CIRCUIT = Circuit.load(Path(__file__).with_name("circuit.yaml"))

@@ -26,7 +26,7 @@ N_ITEMS = N_GOLD + N_LURE_TOKENS
 N_LURES = 5  # lures per prompt (plus one gold item)
 CONTEXT = 12
 N_CTX = CONTEXT + 2
-D_HEAD = 32
+D_HEAD = 24  # the mover's OV copies the 24 items
 #: (layers, heads) per size; the two roles sit in random slots, every other head in a channel
 SHAPES = {"small": (2, 4), "medium": (6, 8)}
 
