@@ -7,13 +7,13 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
+from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, Truth, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.ablation import attention_patterns
 from mibench.model.weights import head_write, logit_writes
 from mibench.models import PlantedModel, ResidualLayout
-from mibench.models.channels import plan_channels
+from mibench.models.channels import plan_channels, random_layer_map
 from mibench.models.planted import random_orthogonal
 
 BOS, END = 0, 1
@@ -21,7 +21,8 @@ VOCAB = 48  # 0 = BOS, 1 = END; of 2..47, N_CANDIDATES are candidates (copyable)
 N_CANDIDATES = 16
 CONTEXT = 10  # tokens between BOS and END; exactly one of them is a candidate
 D_HEAD = 17  # the suppressor's QK needs rank 17: the 16 candidates and the BOS sink
-#: (layers, heads) per size; the circuit stays at layers 0 and 1, every other head hosts a channel
+#: (layers, heads) per size; the circuit sits at two drawn layers (0 and 1 at small), every other
+#: head hosts a channel
 SHAPES = {"small": (2, 4), "medium": (6, 8)}
 CIRCUIT = Circuit.load(Path(__file__).with_name("circuit.yaml"))
 
@@ -67,14 +68,16 @@ class CopySuppression(Case):
 
     # --- model --------------------------------------------------------------------------------
 
-    def planted(self, seed: int, size: str = DEFAULT_SIZE) -> tuple[PlantedModel, dict[str, list[str]]]:
-        """The planted weights (before export) and where each role sits; ``build`` exports them.
-        Tests edit the weights here to remove a mechanism."""
+    def planted(self, seed: int, size: str = DEFAULT_SIZE) -> tuple[PlantedModel, Truth]:
+        """The planted weights (before export) and the truth; ``build`` exports them. Tests edit
+        the weights here to remove a mechanism."""
         self.check_size(size)
         n_layers, n_heads = SHAPES[size]
         rng = np.random.default_rng([seed, 0])
         candidates, related = self._token_roles(seed)
-        channels = plan_channels(CIRCUIT, n_layers, n_heads, rng)
+        # the circuit at random ordered layers, so that its depth gives nothing away
+        layer_map = random_layer_map(CIRCUIT, n_layers, rng)
+        channels = plan_channels(CIRCUIT, n_layers, n_heads, rng, layer_map=layer_map)
         # each channel predicts into its own block, indexed by candidate (its i-th direction is
         # candidate i); channel 0's block is the task's readout
         outs = [ch.block("out") for ch in channels]
@@ -123,11 +126,12 @@ class CopySuppression(Case):
                              offset=N_CANDIDATES)
                 model.set_ov(layer, head, tok[candidates], -predict, rng.uniform(*SUPPRESS_RANGE))
         model.rotate(rng)
-        return model, {role: [names.head(*slot)] for role, slot in channels[0].slots.items()}
+        placement = {role: [names.head(*slot)] for role, slot in channels[0].slots.items()}
+        return model, CIRCUIT.truth(placement, layer_map=layer_map, n_layers=n_layers)
 
     def build(self, seed: int, size: str = DEFAULT_SIZE) -> Instance:
-        model, placement = self.planted(seed, size)
-        return Instance(model=model.to_bridge(), truth=CIRCUIT.truth(placement), seed=seed, size=size)
+        model, truth = self.planted(seed, size)
+        return Instance(model=model.to_bridge(), truth=truth, seed=seed, size=size)
 
     @staticmethod
     def _token_roles(seed: int) -> tuple[np.ndarray, np.ndarray]:
