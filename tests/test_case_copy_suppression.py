@@ -10,6 +10,7 @@ import pytest
 from conftest import certify_instance, failed_checks
 
 from mibench.api import Instance
+from mibench.names import parse_node
 from mibench.registry import load_case
 from mibench.runner import prepare
 
@@ -21,8 +22,7 @@ def case():
     return load_case("copy_suppression")
 
 
-def _certify(case, model, placement, seed):
-    truth = case.circuit.truth(placement)
+def _certify(case, model, truth, seed):
     return certify_instance(case, Instance(model=model.to_bridge(), truth=truth, seed=seed))
 
 
@@ -36,6 +36,13 @@ def test_certificate_passes(case, seed):
     names = [c.name for c in cert.checks]
     assert any(n.startswith("suppression direct effect") for n in names)
     assert any(n.startswith("suppression write") for n in names)
+
+
+def test_medium_certifies(case):
+    """At medium (6 × 8) the circuit is two heads among 46 look-alike channel heads."""
+    prep = prepare(case, 0, size="medium")
+    assert len(prep.ablator.all_nodes) == 48
+    assert prep.certificate.passed, prep.certificate.reason()
 
 
 def test_truth_and_metadata(case):
@@ -62,11 +69,17 @@ def test_prompts(case):
     assert not (train.clean == p.clean).all()
 
 
+def _head(truth, role):
+    """(layer, head) of the node holding ``role``."""
+    (node,) = [n for n, r in truth.nodes.items() if r == role]
+    parsed = parse_node(node)
+    return parsed.layer, parsed.index
+
+
 def test_zeroing_suppressor_ov_fails(case):
-    model, placement = case.planted(0)
-    layer, head = 1, int(placement["copy_suppression"][0].split(".h")[1])
-    model.W_O[layer, head] = 0.0
-    cert = _certify(case, model, placement, 0)
+    model, truth = case.planted(0)
+    model.W_O[_head(truth, "copy_suppression")] = 0.0
+    cert = _certify(case, model, truth, 0)
     failed = failed_checks(cert)
     assert not cert.passed
     assert {"suppression write", "suppression direct effect", "necessity"} <= failed, cert.reason()
@@ -74,18 +87,16 @@ def test_zeroing_suppressor_ov_fails(case):
 
 def test_suppressor_without_copy_matching_fails(case):
     """Key no longer reads token identity: the head cannot find the predicted token."""
-    model, placement = case.planted(0)
-    head = int(placement["copy_suppression"][0].split(".h")[1])
-    model.W_K[1, head] = 0.0
-    cert = _certify(case, model, placement, 0)
+    model, truth = case.planted(0)
+    model.W_K[_head(truth, "copy_suppression")] = 0.0
+    cert = _certify(case, model, truth, 0)
     failed = failed_checks(cert)
     assert "suppression attention" in failed, cert.reason()
     assert not cert.passed
 
 
 def test_zeroing_copier_ov_fails(case):
-    model, placement = case.planted(0)
-    head = int(placement["copier"][0].split(".h")[1])
-    model.W_O[0, head] = 0.0
-    cert = _certify(case, model, placement, 0)
+    model, truth = case.planted(0)
+    model.W_O[_head(truth, "copier")] = 0.0
+    cert = _certify(case, model, truth, 0)
     assert not cert.passed
