@@ -97,13 +97,13 @@ class Circuit:
                 parsed = names.parse_node(node)
                 if "kind" in spec and spec["kind"] != parsed.kind:
                     out.append(f"{role} is a {spec['kind']} in circuit.yaml but placed on {node}")
-        layered = [(role, spec["layer"], names.parse_node(node).layer) for role, spec in self.roles.items()
-                   if "layer" in spec for node in placed.get(role, [])]
-        for role_a, yaml_a, at_a in layered:
-            for role_b, yaml_b, at_b in layered:
-                if (yaml_a < yaml_b) != (at_a < at_b) or (yaml_a == yaml_b) != (at_a == at_b):
-                    out.append(f"{role_a} (layer {yaml_a} in circuit.yaml) and {role_b} (layer {yaml_b}) "
-                               f"are placed at layers {at_a} and {at_b}, out of circuit.yaml's order")
+        layered = [(role, node, spec["layer"], names.parse_node(node).layer)
+                   for role, spec in self.roles.items() if "layer" in spec for node in placed.get(role, [])]
+        for i, (role_a, node_a, yaml_a, at_a) in enumerate(layered):
+            for role_b, node_b, yaml_b, at_b in layered[i + 1:]:
+                if (yaml_a < yaml_b) != (at_a < at_b) or (yaml_a > yaml_b) != (at_a > at_b):
+                    out.append(f"{role_a} on {node_a} (layer {yaml_a} in circuit.yaml) and {role_b} on "
+                               f"{node_b} (layer {yaml_b}) are out of circuit.yaml's layer order")
         for role in set(placed) - set(self.roles):
             out.append(f"{placed[role]} have role {role}, which circuit.yaml does not declare")
         if truth.granularities() != self.granularities():

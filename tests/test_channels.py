@@ -46,7 +46,7 @@ def test_a_circuit_at_drawn_layers_keeps_its_order_and_moves_its_sites():
     assert not circuit.disagreements(truth)
     swapped = circuit.truth({"trigger_detector": ["a4.h0"], "trigger_neuron": ["m2"]},
                             neurons={"m2.n0": "trigger_neuron"})
-    assert any("out of circuit.yaml's order" in d for d in circuit.disagreements(swapped))
+    assert any("out of circuit.yaml's layer order" in d for d in circuit.disagreements(swapped))
 
 
 def test_random_layer_maps_keep_the_order():

@@ -102,5 +102,5 @@ def test_verify_fails_when_circuit_yaml_disagrees_with_the_instance():
     moved = dataclasses.replace(prep.instance, truth=dataclasses.replace(truth, nodes=nodes))
     cert = certify_instance(prep.case, moved)
     label_check = next(c for c in cert.checks if c.name == "labels match circuit.yaml")
-    assert not label_check.passed and "out of circuit.yaml's order" in label_check.detail
+    assert not label_check.passed and "out of circuit.yaml's layer order" in label_check.detail
     assert prep.certificate.passed

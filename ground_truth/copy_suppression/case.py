@@ -91,7 +91,7 @@ class CopySuppression(Case):
         for out in outs[1:]:
             # every other channel's predictions reach the candidates' logits through its own random
             # rotation of them: each moves every candidate's logit a little
-            model.W_U[:, candidates] += AUX_READ * layout.basis(out).T @ random_orthogonal(N_CANDIDATES, rng)
+            model.unembed(out, candidates.tolist(), scale=AUX_READ, mixing=random_orthogonal(N_CANDIDATES, rng))
 
         tok = layout.basis("tok")
         index = {int(t): i for i, t in enumerate(candidates)}

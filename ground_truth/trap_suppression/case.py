@@ -101,7 +101,7 @@ class TrapSuppression(Case):
         model.unembed("out", items)  # channel 0's predictions, indexed by item, are the task's logits
         # the shared block reaches the items' logits through a random map (unit gain on average)
         readout = rng.normal(0.0, N_ITEMS ** -0.5, (AUX_DIM, N_ITEMS))
-        model.W_U[:, items] += AUX_READ * layout.basis("aux").T @ readout
+        model.unembed("aux", items, scale=AUX_READ, mixing=readout)
 
         tok = rows(layout, "tok")
         lure_idx = [items.index(t) for t in lure]

@@ -64,12 +64,16 @@ class PlantedModel:
         """Position ``p`` writes the p-th direction of ``block`` (one-hot positions)."""
         self.W_pos[:, :] += scale * self.layout.basis(block)[: self.n_ctx]
 
-    def unembed(self, block: str, tokens: list[int] | None = None, scale: float = 1.0) -> None:
-        """The logit of token ``t`` (the i-th of ``tokens``) reads the i-th direction of ``block``."""
+    def unembed(self, block: str, tokens: list[int] | None = None, scale: float = 1.0,
+                mixing: np.ndarray | None = None) -> None:
+        """The logit of token ``t`` (the i-th of ``tokens``) reads the i-th direction of ``block``;
+        with ``mixing`` (``[block size, len(tokens)]``) it reads ``sum_j mixing[j, i]`` times the
+        j-th direction instead (a readout through a random rotation, say)."""
         tokens = list(range(self.d_vocab)) if tokens is None else tokens
         basis = self.layout.basis(block)
+        reads = basis if mixing is None else mixing.T @ basis  # [len(tokens), d_model]
         for i, tok in enumerate(tokens):
-            self.W_U[:, tok] += scale * basis[i]
+            self.W_U[:, tok] += scale * reads[i]
 
     # --- attention heads --------------------------------------------------------------------
 
