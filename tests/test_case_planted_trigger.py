@@ -30,7 +30,7 @@ def _module(case):
 
 
 def _certify(case, model, placement, neurons, seed):
-    truth = _module(case).CIRCUIT.truth(placement, neurons=neurons)
+    truth = case.truth(model.n_layers, placement, neurons)
     return certify_instance(case, Instance(model=model.to_bridge(), truth=truth, seed=seed))
 
 
@@ -124,7 +124,7 @@ def test_wrong_neuron_truth_fails_neuron_checks(case):
     fake = {names.neuron(1, i): "trigger_neuron" for i in range(32) if i not in real}
     fake = dict(list(fake.items())[:len(neurons)])
     instance = Instance(model=model.to_bridge(), seed=0,
-                        truth=_module(case).CIRCUIT.truth(placement, neurons=fake))
+                        truth=case.truth(model.n_layers, placement, fake))
     prompts = case.prompts(case.n_prompts, 0, "test")
     ablator = Ablator(instance.model, prompts, case.task_metric(prompts), seed=0)
     failed = {c.name for c in case.extra_checks(instance, prompts, ablator) if not c.passed}
