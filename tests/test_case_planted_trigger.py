@@ -46,6 +46,16 @@ def test_certificate_passes(case, seed):
         <= {c.name for c in cert.checks}
 
 
+def test_medium_certifies_seed_0(case):
+    """At size medium (6 layers × 8 heads, an MLP in every block) the circuit is 1 head and 1 MLP
+    among 54 busy nodes, and its certificate still passes; the END sites up to the final residual
+    are truth there."""
+    prep = prepare(case, 0, size="medium")
+    assert prep.certificate.passed, prep.certificate.reason()
+    assert prep.instance.truth.labels("site") == {s: "trigger" for s in
+                                                  ["r0@TRIG", *(f"r{layer}@END" for layer in range(1, 7))]}
+
+
 def test_truth_at_node_and_neuron_granularity(case):
     truth = case.build(0).truth
     assert sorted(truth.nodes.values()) == ["trigger_detector", "trigger_neuron"]

@@ -154,8 +154,8 @@ class PlantedTrigger(Case):
         return dataclasses.replace(truth, sites=sites)
 
     @staticmethod
-    def _feeds(rng: np.random.Generator, n_layers: int, n_heads: int, n_groups: int,
-               detector: tuple[int, int], trigger_group: tuple[int, int]) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    def _feeds(rng: np.random.Generator, n_layers: int, n_heads: int, n_groups: int, detector: tuple[int, int],
+               trigger_group: tuple[int, int]) -> dict[tuple[int, int], list[tuple[int, int]]]:
         """Which neuron groups (MLP layer, group) read each head's copy. The circuit's detector
         feeds the trigger neurons only; every other head feeds a group of its own block's MLP
         (which reads the block's attention; SHAPES leaves room for one per head), and every group
