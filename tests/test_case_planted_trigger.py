@@ -30,7 +30,7 @@ def _module(case):
 
 
 def _certify(case, model, placement, neurons, seed):
-    truth = _module(case).CIRCUIT.truth(placement, neurons=neurons)
+    truth = case.truth(model.n_layers, placement, neurons)
     return certify_instance(case, Instance(model=model.to_bridge(), truth=truth, seed=seed))
 
 
@@ -44,6 +44,16 @@ def test_certificate_passes(case, seed):
     assert {"specificity", "neuron necessity", "neuron sufficiency", "site strictness",
             "site necessity r0@TRIG", "site necessity r1@END", "site necessity r2@END"} \
         <= {c.name for c in cert.checks}
+
+
+def test_medium_certifies_seed_0(case):
+    """At size medium (6 layers × 8 heads, an MLP in every block) the circuit is 1 head and 1 MLP
+    among 54 busy nodes, and its certificate still passes; the END sites up to the final residual
+    are truth there."""
+    prep = prepare(case, 0, size="medium")
+    assert prep.certificate.passed, prep.certificate.reason()
+    assert prep.instance.truth.labels("site") == {s: "trigger" for s in
+                                                  ["r0@TRIG", *(f"r{layer}@END" for layer in range(1, 7))]}
 
 
 def test_truth_at_node_and_neuron_granularity(case):
@@ -124,7 +134,7 @@ def test_wrong_neuron_truth_fails_neuron_checks(case):
     fake = {names.neuron(1, i): "trigger_neuron" for i in range(32) if i not in real}
     fake = dict(list(fake.items())[:len(neurons)])
     instance = Instance(model=model.to_bridge(), seed=0,
-                        truth=_module(case).CIRCUIT.truth(placement, neurons=fake))
+                        truth=case.truth(model.n_layers, placement, fake))
     prompts = case.prompts(case.n_prompts, 0, "test")
     ablator = Ablator(instance.model, prompts, case.task_metric(prompts), seed=0)
     failed = {c.name for c in case.extra_checks(instance, prompts, ablator) if not c.passed}

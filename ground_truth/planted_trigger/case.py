@@ -1,35 +1,59 @@
-"""Planted trigger: a 2-layer model with MLPs and a planted backdoor (see README.md beside this file)."""
+"""Planted trigger: a model with MLPs and a planted backdoor, among look-alike trigger channels that
+fill every head and MLP (see README.md beside this file)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
+from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, Truth, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.ablation import node_values, run_with_values
 from mibench.models import PlantedModel, ResidualLayout
-from mibench.models.mlp import add_distractor_neurons, set_threshold_neurons
+from mibench.models.channels import shuffled_readout
+from mibench.models.mlp import set_threshold_neurons
 
 BOS, END = 0, 1
 VOCAB = 48  # 0 = BOS, 1 = END; the rest are triggers, decoys, targets, the default and fillers
 N_PAIRS = 4  # trigger_i -> target_i; one trigger neuron per pair
 CONTEXT = 10  # tokens between BOS and END; exactly one is a trigger (clean) or a decoy (corrupted)
-N_HEADS = 4
 D_HEAD = 16
-D_MLP = 32
+#: (n_layers, n_heads, d_mlp) per size. An MLP holds d_mlp / N_PAIRS key→value groups (one neuron
+#: per trigger), more than a layer has heads, so that every head can feed a group of its own
+#: block's MLP (m1 also holds the circuit's group; see ``_feeds``)
+SHAPES = {"small": (2, 4, 32), "medium": (6, 8, 40)}
 CIRCUIT = Circuit.load(Path(__file__).with_name("circuit.yaml"))
 
-# Planted strengths. A decoy's embedding carries DECOY_SHARE of its trigger's direction; the
-# detector copies that feature to END and each trigger neuron fires only above NEURON_THRESHOLD,
-# so a trigger (feature 1.0) fires it and a decoy (0.5) does not.
-DETECT_QK, SINK_QK = 16.0, 4.0
+# The model runs one trigger "channel" per head (README.md, "Distractors"): every head is a trigger
+# detector copying the trigger's features into its own block, read by key→value neuron groups. Every
+# channel is built by the same recipe, its strengths drawn from the same ranges, so nothing
+# task-agnostic tells the circuit's detector and MLP apart; only channel 0 writes the task's logits.
+#: detector score, at END, on a key carrying a trigger feature (a decoy carries DECOY_SHARE of it),
+#: and from every position on the BOS sink: at END ~all attention on the trigger (a decoy ties with
+#: the sink), elsewhere on BOS, so a detector writes at END only
+DETECT_QK_RANGE = (14.0, 18.0)
+SINK_QK_RANGE = (6.0, 8.0)
+#: a decoy's embedding carries this share of its trigger's feature
 DECOY_SHARE = 0.5
-NEURON_THRESHOLD, NEURON_GAIN = 0.75, 4.0  # activation on a trigger: 4 * (1 - 0.75) = 1
-TARGET_LOGIT = 8.0  # target logit per unit of trigger-neuron activation
+#: how loudly a detector writes its copy of the trigger feature (its neurons read it back at unit
+#: scale), per square root of an MLP's groups: as loud as a whole MLP (whose groups each write
+#: ~VALUE_RANGE at END), so output norms do not tell heads from MLPs
+COPY_RANGE = (5.0, 11.0)
+#: a neuron fires only above this share of a whole trigger's copy: a trigger (1.0) fires it, a
+#: decoy (DECOY_SHARE) does not
+NEURON_THRESHOLD = 0.75
+#: neuron gain: activation on a trigger = gain * (1 - NEURON_THRESHOLD), about 1
+NEURON_GAIN_RANGE = (3.2, 4.8)
+#: a neuron's write per unit of activation: the circuit's neurons add this to their target's logit
+VALUE_RANGE = (6.0, 10.0)
+#: how strongly the unembedding reads the other channels' neurons (their values are random
+#: directions of a shared block, read through a shuffle of the vocabulary): every logit moves a
+#: little, so each distractor nudges the task metric by a small non-zero amount
+AUX_READ = 0.04
 DEFAULT_LOGIT = 3.0  # the END token's own (bigram) vote for the default answer
 
 # Thresholds of the case's own checks.
@@ -47,64 +71,109 @@ SITE_STRICTNESS_MAX = 0.05
 
 class PlantedTrigger(Case):
     name = "planted_trigger"
-    version = "1"
+    version = "2"
     circuit = CIRCUIT
     tier = "planted"
+    sizes = tuple(SHAPES)
     description = ("a detector head (L0) finds a trigger token in context; threshold MLP neurons "
-                   "(L1) then output the target instead of the default; a look-alike decoy does not")
+                   "(L1) then output the target instead of the default; a look-alike decoy does "
+                   "not; every other head and neuron group is a look-alike trigger channel")
 
     # --- model --------------------------------------------------------------------------------
 
-    def planted(self, seed: int) -> tuple[PlantedModel, dict[str, list[str]], dict[str, str]]:
+    def planted(self, seed: int, size: str = DEFAULT_SIZE) -> tuple[PlantedModel, dict[str, list[str]], dict[str, str]]:
         """The planted weights (before export), where each role sits and the neuron truth;
         ``build`` exports them. Tests edit the weights here to remove a mechanism."""
+        self.check_size(size)
+        n_layers, n_heads, d_mlp = SHAPES[size]
         rng = np.random.default_rng([seed, 0])
         roles = self._token_roles(seed)
-        triggers, decoys, targets = roles["trigger"], roles["decoy"], roles["target"]
         n_ctx = CONTEXT + 2
-        layout = ResidualLayout({"tok": VOCAB, "trig": N_PAIRS, "feat": N_PAIRS, "default": 1,
-                                 "out": VOCAB, "pos": n_ctx, "junk": 16})
-        model = PlantedModel(layout, n_layers=2, n_heads=N_HEADS, d_head=D_HEAD, d_vocab=VOCAB,
-                             n_ctx=n_ctx, d_mlp=D_MLP)
+        heads = [(layer, h) for layer in range(n_layers) for h in range(n_heads)]
+        layout = ResidualLayout({"tok": VOCAB, "trig": N_PAIRS, "default": 1, "out": VOCAB,
+                                 "pos": n_ctx, **{f"feat{k}": N_PAIRS for k in range(len(heads))},
+                                 "aux": VOCAB})
+        model = PlantedModel(layout, n_layers=n_layers, n_heads=n_heads, d_head=D_HEAD,
+                             d_vocab=VOCAB, n_ctx=n_ctx, d_mlp=d_mlp)
         model.embed_tokens("tok")
-        model.embed_tokens("trig", triggers)  # trigger i writes trig_i …
-        model.embed_tokens("trig", decoys, scale=DECOY_SHARE)  # … its decoy part of it
+        model.embed_tokens("trig", roles["trigger"])  # trigger i writes trig_i …
+        model.embed_tokens("trig", roles["decoy"], scale=DECOY_SHARE)  # … its decoy part of it
         model.embed_tokens("default", [END], scale=DEFAULT_LOGIT)
         model.embed_positions("pos")
         model.unembed("out")
         model.unembed("default", [roles["default"]])
+        shuffled_readout(model, "aux", rng, AUX_READ)
 
-        detector = int(rng.integers(0, N_HEADS))
-        neurons = sorted(int(i) for i in rng.choice(D_MLP, size=N_PAIRS, replace=False))
-        tok, trig, feat = layout.basis("tok"), layout.basis("trig"), layout.basis("feat")
-        # detector: from END, attend to whatever carries trigger features (BOS is the sink) and
-        # copy those features into the "feat" subspace at END
-        model.set_qk(0, detector, tok[[END] * N_PAIRS], trig, DETECT_QK)
-        model.set_qk(0, detector, tok[[END]], tok[[BOS]], SINK_QK, offset=N_PAIRS)
-        model.set_ov(0, detector, trig, feat)
-        # trigger neurons: neuron i fires when feat_i exceeds the threshold, writes target_i
-        set_threshold_neurons(model, 1, neurons, feat, TARGET_LOGIT * layout.basis("out")[targets],
-                              NEURON_THRESHOLD, NEURON_GAIN)
-
-        for h in range(N_HEADS):
-            if h != detector:
-                model.add_distractor_head(0, h, rng, read_blocks=["tok", "pos"],
-                                          write={"junk": 1.0, "out": 0.3})
-            model.add_distractor_head(1, h, rng, read_blocks=["tok", "pos", "junk"],
-                                      write={"junk": 1.0, "out": 0.3})
-        add_distractor_neurons(model, 0, list(range(D_MLP)), rng, read_blocks=["tok", "pos", "junk"],
-                               write={"junk": 0.5, "out": 0.1})
-        add_distractor_neurons(model, 1, [i for i in range(D_MLP) if i not in neurons], rng,
-                               read_blocks=["tok", "pos", "junk"], write={"junk": 0.5, "out": 0.1})
+        n_groups = d_mlp // N_PAIRS
+        detector = (0, int(rng.integers(n_heads)))
+        trigger_group = (1, int(rng.integers(n_groups)))
+        feeds = self._feeds(rng, n_layers, n_heads, n_groups, detector, trigger_group)
+        # each MLP's neurons, shuffled and cut into groups of N_PAIRS (group g, neuron i: trigger i)
+        groups = [rng.permutation(d_mlp).reshape(-1, N_PAIRS).tolist() for _ in range(n_layers)]
+        tok, trig = layout.basis("tok"), layout.basis("trig")
+        out_targets = layout.basis("out")[roles["target"]]
+        for k, (layer, h) in enumerate(heads):
+            feat = layout.basis(f"feat{k}")
+            copy = rng.uniform(*COPY_RANGE) * np.sqrt(n_groups)
+            # from END, attend to whatever carries trigger features; from every token (the sum of
+            # the token directions) to the BOS sink; copy the trigger features of what it attends to
+            model.set_qk(layer, h, tok[[END] * N_PAIRS], trig, rng.uniform(*DETECT_QK_RANGE))
+            model.set_qk(layer, h, tok.sum(0, keepdims=True), tok[[BOS]], rng.uniform(*SINK_QK_RANGE),
+                         offset=N_PAIRS)
+            model.set_ov(layer, h, trig, feat, gain=copy)
+            for mlp_layer, g in feeds[(layer, h)]:
+                # neuron i fires when feat_i exceeds the threshold; the circuit's writes target i's
+                # logit, every other group a random direction of the block read through a shuffle
+                value = rng.uniform(*VALUE_RANGE)
+                if (mlp_layer, g) == trigger_group:
+                    write = value * out_targets
+                else:
+                    directions = rng.standard_normal((N_PAIRS, VOCAB))
+                    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+                    write = value * directions @ layout.basis("aux")
+                set_threshold_neurons(model, mlp_layer, groups[mlp_layer][g], feat / copy, write,
+                                      NEURON_THRESHOLD, rng.uniform(*NEURON_GAIN_RANGE))
         model.rotate(rng)
-        placement = {"trigger_detector": [names.head(0, detector)], "trigger_neuron": [names.mlp(1)]}
-        return model, placement, {names.neuron(1, i): "trigger_neuron" for i in neurons}
+        placement = {"trigger_detector": [names.head(*detector)], "trigger_neuron": [names.mlp(1)]}
+        neurons = {names.neuron(1, i): "trigger_neuron" for i in groups[1][trigger_group[1]]}
+        return model, placement, neurons
 
     def build(self, seed: int, size: str = DEFAULT_SIZE) -> Instance:
-        self.check_size(size)
-        model, placement, neurons = self.planted(seed)
+        model, placement, neurons = self.planted(seed, size)
         return Instance(model=model.to_bridge(), seed=seed, size=size,
-                        truth=CIRCUIT.truth(placement, neurons=neurons))
+                        truth=self.truth(model.n_layers, placement, neurons))
+
+    @staticmethod
+    def truth(n_layers: int, placement: dict[str, list[str]], neurons: dict[str, str]) -> Truth:
+        """circuit.yaml's truth for a model of ``n_layers``: the yaml lists the END residual after
+        the trigger neurons up to the largest size's final one; a smaller model has only the
+        first of them."""
+        truth = CIRCUIT.truth(placement, neurons=neurons)
+        sites = {variable: frozenset(s for s in sites if names.parse_site(s)[0] <= n_layers)
+                 for variable, sites in truth.sites.items()}
+        return dataclasses.replace(truth, sites=sites)
+
+    @staticmethod
+    def _feeds(rng: np.random.Generator, n_layers: int, n_heads: int, n_groups: int, detector: tuple[int, int],
+               trigger_group: tuple[int, int]) -> dict[tuple[int, int], list[tuple[int, int]]]:
+        """Which neuron groups (MLP layer, group) read each head's copy. The circuit's detector
+        feeds the trigger neurons only; every other head feeds a group of its own block's MLP
+        (which reads the block's attention; SHAPES leaves room for one per head), and every group
+        left over reads a random head at or below its layer. So every head and every group is
+        busy, and every MLP hosts the same number of groups."""
+        free = {layer: [int(g) for g in rng.permutation(n_groups)] for layer in range(n_layers)}
+        free[trigger_group[0]].remove(trigger_group[1])
+        heads = [(layer, h) for layer in range(n_layers) for h in range(n_heads)]
+        feeds = {head: [] for head in heads}
+        feeds[detector] = [trigger_group]
+        others = [head for head in heads if head != detector]
+        for layer, h in others:
+            feeds[(layer, h)].append((layer, free[layer].pop()))
+        for m in range(n_layers):
+            readers = [head for head in others if head[0] <= m]
+            for g in free[m]:
+                feeds[readers[int(rng.integers(len(readers)))]].append((m, g))
+        return feeds
 
     @staticmethod
     def _token_roles(seed: int) -> dict:

@@ -13,8 +13,10 @@ from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.models import PlantedModel, ResidualLayout
-from mibench.models.gating import constant_term, embed_flag, rows, set_qk_terms
+from mibench.models.channels import plan_channels, shuffled_readout
+from mibench.models.gating import QKTerm, embed_flag, rows, set_qk_terms
 from mibench.models.norms import embed_offset
+from mibench.models.planted import random_orthogonal
 
 CIRCUIT = Circuit.load(Path(__file__).with_name("circuit.yaml"))
 
@@ -23,26 +25,56 @@ VOCAB = 40
 N_ITEMS = 16
 CONTEXT = 12  # units [CUE2 CUE1 X], [CUE1 Y], [CUE2 f Z] and 4 fillers, shuffled
 N_CTX = CONTEXT + 2
-N_LAYERS, N_HEADS, D_HEAD = 2, 4, 24
+D_HEAD = 24
+#: (n_layers, n_heads) per size
+SHAPES = {"small": (2, 4), "medium": (6, 8)}
+#: each detector's offset and the cue flag it copies: a cue1 detector looks one position back for
+#: CUE1, a cue2 detector two back for CUE2
+OFFSET = {"cue1_detector": 1, "cue2_detector": 2}
+CUE_FLAG = {"cue1_detector": 0, "cue2_detector": 1}  # rows of the "flag" block: cue1, cue2, plain, bos
 
 # The model has LayerNorm (as the models causal tracing was designed for): Gaussian noise on an
 # embedding then shrinks every feature the norm passes on, which is how noise erases a cue.
-# Every token embeds tok (1) + one/bos (1) + a flag of size FLAG (CUE1, CUE2 or "plain", so all
-# tokens have the same norm) + position (1): |x|² = 12 before the first LayerNorm.
-FLAG = 3.0
-EMB_SQ = 1.0 + 1.0 + FLAG ** 2 + 1.0
-DEFAULT_PRIOR = 3.0  # the END token's own vote for DEFAULT
-PREV_QK = 12.0  # detectors: attention score on p − 1 (p − 2) for unit positions
-# AND head: score per condition flag AND_QK (clean X carries both: 2·60 = 120), BOS sink AND_SINK
-# (100): both flags beat the sink by 20, one flag (a decoy, or one restored condition in a noised
-# run, where the other shrinks to ~1/3) falls short by ≥ 15.
-AND_QK, AND_SINK = 60.0, 100.0
-MOVER_GAIN = 10.0
-#: distractor heads read the cue tokens and write DEFAULT's logit: a small consistent effect (this
-#: share of the metric when the cues are removed, half of them negative) that resample ablation
-#: does not see (every prompt has the same cues) but patching and denoising do; plus junk
-READER_SHARE = (0.05, 0.09)
-READER_QK = 3.0
+# Every token embeds tok (1) + a flag of size FLAG (CUE1, CUE2, BOS or "plain", so all tokens have
+# the same norm) + one (1, all but BOS) + position (1). The flag dominates the norm and every head
+# writes well below it, so the residual's norm grows little with depth: the weights that read
+# through a LayerNorm (which divides by that norm) are then about as large in the deep look-alikes
+# as in the circuit's layers 0–1. The AND heads' sink reads BOS's flag, so a noised position (noise
+# ~1/4 of FLAG per direction) never looks like BOS.
+FLAG = 8.0
+EMB_SQ = 1.0 + FLAG ** 2 + 1.0 + 1.0
+
+# The model runs several copies ("channels") of the AND circuit at once (README.md, "Distractors"):
+# every channel's detectors copy the same cues into their own flags, and its AND head copies X into
+# its own block, read by the unembedding through a shuffle of the vocabulary; only channel 0's writes
+# the task's logits. Every role is built by the same recipe with strengths from the same ranges.
+#: detectors: attention score on p − offset
+PREV_QK_RANGE = (10.0, 14.0)
+#: detectors: size of their write, at every position: the flag "cue" or "no cue" it copies
+COPY_RANGE = (0.4, 0.6)
+#: AND head: score per condition flag; both flags beat the BOS sink, one does not: the sink is
+#: SINK_SHARE_RANGE × the per-flag score (1.65–1.8: both flags beat it by ≥ 20 % of a flag, ~11,
+#: so the open gate is saturated; one flag, or one restored condition beside a noised one (~1/3,
+#: rarely 1/2), falls short by ≥ 15 %)
+AND_QK_RANGE = (55.0, 65.0)
+SINK_SHARE_RANGE = (1.65, 1.8)
+#: AND head: a cue token itself is never the item: score −CUE_AVOID × the per-flag score on it. A
+#: noised cue keeps ~1/3 of it, which outweighs the flags the noise fakes there (its noise along
+#: the flag directions is comparable to a flag)
+CUE_AVOID = 20.0
+#: AND head: size of its write, at every position: the item it copies at END, elsewhere (and at END
+#: when its gate is shut) its resting vector
+MOVER_RANGE = (0.4, 0.6)
+#: the task's readout: the circuit's AND head's write, of size MOVER_MID, reads as MOVER_LOGIT
+MOVER_MID, MOVER_LOGIT = 0.5, 10.0
+#: the END token's own vote for DEFAULT, as a share of the answer's logit
+DEFAULT_SHARE = 0.3
+#: how strongly the unembedding reads the other channels' writes, relative to the task's readout
+AUX_READ = 0.15
+#: a look-alike AND head writes this share of its item copy (signed, half of them negative) where
+#: the task's readout reads it: ±0.8–2 % of the answer's logit, a small consistent effect on the
+#: metric whenever its gate opens (as IOI's weak name movers and negative movers have)
+ECHO_RANGE = (0.008, 0.02)
 
 # Certificate extras.
 #: the AND head's attention on X (clean) must be at least this ...
@@ -58,6 +90,20 @@ DENOISE_HEAD_MIN = 0.8
 NOISE_ONE_MIN = 0.8
 
 
+def _off_mean(model: PlantedModel, block: str) -> None:
+    """Reflect the planted basis so that ``block`` (one direction nothing reads or writes) and the
+    all-ones direction swap places: every planted read and write is then orthogonal to the
+    all-ones direction, which ``rotate`` keeps in place, so LayerNorm's mean subtraction changes
+    nothing a head reads (a one-hot read would otherwise pick up minus the residual's mean). The
+    model is attention-only, so the embeddings, heads and unembedding are all there is to reflect."""
+    d = model.layout.d_model
+    w = model.layout.direction(block, 0) - np.ones(d) / np.sqrt(d)
+    w /= np.linalg.norm(w)
+    H = np.eye(d) - 2.0 * np.outer(w, w)  # symmetric and orthogonal: reads get H @, writes @ H
+    model.W_E, model.W_pos, model.W_O = model.W_E @ H, model.W_pos @ H, model.W_O @ H
+    model.W_Q, model.W_K, model.W_V, model.W_U = H @ model.W_Q, H @ model.W_K, H @ model.W_V, H @ model.W_U
+
+
 def _token_roles(seed: int) -> tuple[list[int], list[int]]:
     rng = np.random.default_rng([seed, 7])
     ordinary = rng.permutation(np.arange(5, VOCAB))
@@ -66,69 +112,123 @@ def _token_roles(seed: int) -> tuple[list[int], list[int]]:
 
 class TrapAndGate(Case):
     name = "trap_and_gate"
-    version = "1"
+    version = "2"
     circuit = CIRCUIT
     tier = "trap"
+    sizes = tuple(SHAPES)
     description = ("two detector heads set one condition each; an AND head copies the item only "
-                   "when both hold: restoring one condition at a time (causal tracing) finds neither")
+                   "when both hold: restoring one condition at a time (causal tracing) finds neither; "
+                   "every other head belongs to a look-alike AND channel")
 
     def build(self, seed: int, size: str = DEFAULT_SIZE, *, and_gate: bool = True) -> Instance:
-        """``and_gate=False`` lowers the AND head's sink so that one condition suffices (an OR):
+        """``and_gate=False`` lowers every AND head's sink so that one condition suffices (an OR):
         then restoring one condition does recover the behaviour."""
         self.check_size(size)
+        n_layers, n_heads = SHAPES[size]
         rng = np.random.default_rng([seed, 0])
         items, _ = _token_roles(seed)
-        layout = ResidualLayout({"tok": VOCAB, "one": 1, "bos": 1, "cue1": 1, "cue2": 1,
-                                 "plain": 1, "f1": 1, "f2": 1, "pos": N_CTX, "out": VOCAB,
-                                 "junk": 16})
+        channels = plan_channels(CIRCUIT, n_layers, n_heads, rng)
+        while not any("and_mover" in ch.slots for ch in channels[1:]):
+            # every role needs a look-alike (a role of its own kind would stand out); the small
+            # model's planner sometimes fills its spare heads with detectors only
+            channels = plan_channels(CIRCUIT, n_layers, n_heads, rng)
+        # "mean" is written by nothing: it takes the all-ones direction (``_off_mean``). Each
+        # detector writes a two-direction block; each AND head an item block and a resting one.
+        blocks = {"mean": 1, "tok": VOCAB, "one": 1, "flag": 4, "pos": N_CTX, "out": VOCAB}
+        for ch in channels:
+            for role in ch.slots:
+                if role in OFFSET:
+                    blocks[ch.block(role)] = 2
+                else:
+                    blocks[ch.block("rest")] = 1
+                    if not ch.is_circuit:  # the circuit's AND head writes the task's logits ("out")
+                        blocks[ch.block(role)] = N_ITEMS
+        layout = ResidualLayout(blocks)
         d = layout.d_model
-        model = PlantedModel(layout, n_layers=N_LAYERS, n_heads=N_HEADS, d_head=D_HEAD,
+        model = PlantedModel(layout, n_layers=n_layers, n_heads=n_heads, d_head=D_HEAD,
                              d_vocab=VOCAB, n_ctx=N_CTX, layer_norm=True)
+        flag = layout.basis("flag")  # rows: cue1, cue2, plain, bos
         model.embed_tokens("tok")
-        embed_flag(model, "bos", [BOS])
         embed_flag(model, "one", [t for t in range(VOCAB) if t != BOS])
-        embed_flag(model, "cue1", [CUE1], scale=FLAG)
-        embed_flag(model, "cue2", [CUE2], scale=FLAG)
-        embed_flag(model, "plain", [t for t in range(VOCAB) if t not in (CUE1, CUE2)], scale=FLAG)
+        for t in range(VOCAB):
+            model.W_E[t] += FLAG * flag[{CUE1: 0, CUE2: 1, BOS: 3}.get(t, 2)]
         model.embed_positions("pos")
-        model.unembed("out")
-        embed_offset(model, DEFAULT_PRIOR * layout.basis("out")[DEFAULT], [END])
-        # LayerNorm gains: a unit direction in a residual of squared norm s reads as sqrt(d / s)
-        k0 = np.sqrt(d / EMB_SQ)  # any token before block 0 (and BOS, fillers, cues at block 1)
-        k_end = np.sqrt(d / (EMB_SQ + DEFAULT_PRIOR ** 2))  # END
-        k_x = np.sqrt(d / (EMB_SQ + 2.0))  # X at block 1 (both unit flags written)
 
-        slots = [(l, h) for l in range(N_LAYERS) for h in range(N_HEADS)]
-        l0 = rng.permutation(N_HEADS)
-        det1, det2 = (0, int(l0[0])), (0, int(l0[1]))
-        gate = (1, int(rng.integers(N_HEADS)))
+        # Every head writes a vector of the same size at every position (a detector its flag for
+        # "cue" or "no cue", an AND head the item or its resting vector), so the squared norm each
+        # LayerNorm divides by is the same everywhere (END also carries its vote for DEFAULT) and
+        # does not change when a head is ablated: a look-alike head moves the task only through
+        # what the unembedding reads of it. It is tracked as the heads are written.
+        default_vote = DEFAULT_SHARE * MOVER_MID
+        sq = EMB_SQ
+
+        def scale(extra: float = 0.0) -> float:  # a unit feature reads as this after the norm
+            return float(np.sqrt(d / (sq + extra)))
+
+        by_layer = {layer: [] for layer in range(n_layers)}
+        for ch in channels:
+            for role, (layer, head) in ch.slots.items():
+                by_layer[layer].append((head, ch, role))
+        copies: dict[tuple[int, str], float] = {}  # each detector's flag size, which its AND head reads
+        # the look-alike AND heads echo X into the task's logits, half of them positively
+        n_echo = sum("and_mover" in ch.slots for ch in channels[1:])
+        signs = iter(rng.permutation([1.0, -1.0] * (n_echo // 2) + [1.0] * (n_echo % 2)))
         pos = layout.basis("pos")
-        model.set_qk(*det1, pos[1:N_CTX], pos[:N_CTX - 1], PREV_QK / k0 ** 2)
-        model.set_ov(*det1, rows(layout, "cue1"), rows(layout, "f1"), gain=1.0 / (FLAG * k0))
-        model.set_qk(*det2, pos[2:N_CTX], pos[:N_CTX - 2], PREV_QK / k0 ** 2)
-        model.set_ov(*det2, rows(layout, "cue2"), rows(layout, "f2"), gain=1.0 / (FLAG * k0))
-        sink = AND_SINK if and_gate else AND_QK * 0.6
-        set_qk_terms(model, *gate, [constant_term(layout, "one", "f1", AND_QK / (k_end * k_x)),
-                                    constant_term(layout, "one", "f2", AND_QK / (k_end * k_x)),
-                                    constant_term(layout, "one", "bos", sink / (k_end * k0))])
-        model.set_ov(*gate, rows(layout, "tok", items), rows(layout, "out", items),
-                     gain=MOVER_GAIN / k_x)
+        for layer in range(n_layers):
+            written = 0.0  # squared size of this layer's writes, seen from the next layer on
+            k, k_end = scale(), scale(default_vote ** 2)
+            for head, ch, role in by_layer[layer]:
+                if role in OFFSET:
+                    o = OFFSET[role]
+                    model.set_qk(layer, head, pos[o:], pos[:N_CTX - o], rng.uniform(*PREV_QK_RANGE) / k ** 2)
+                    # copies whether the token one (two) back carries its cue: that cue's flag into
+                    # its block's first direction, any other flag into the second
+                    copy = rng.uniform(*COPY_RANGE)
+                    cue = CUE_FLAG[role]
+                    read = np.stack([flag[cue], flag[[i for i in range(4) if i != cue]].sum(0)])
+                    model.set_ov(layer, head, read, layout.basis(ch.block(role)), gain=copy / (FLAG * k))
+                    copies[(ch.index, role)] = copy
+                    written += copy ** 2
+                else:
+                    a = rng.uniform(*AND_QK_RANGE)
+                    sink = a * (rng.uniform(*SINK_SHARE_RANGE) if and_gate else 0.6)
+                    rest = rng.uniform(*PREV_QK_RANGE)
+                    end = layout.basis("tok")[[END]]
+                    # at END: a per cue flag its channel's detectors wrote and −CUE_AVOID·a on a cue
+                    # token itself, against the sink on BOS; from every other token: BOS, as
+                    # sharply as a detector attends to its position (``rest``)
+                    set_qk_terms(model, layer, head, [
+                        *(QKTerm(end, layout.basis(ch.block(r))[[0]], a / (k_end * k * copies[(ch.index, r)]))
+                          for r in OFFSET),
+                        QKTerm(end, flag[[3]], (sink - rest * k_end / k) / (k_end * k * FLAG)),
+                        QKTerm(end[[0, 0]], flag[:2], -CUE_AVOID * a / (k_end * k * FLAG)),
+                        QKTerm(layout.basis("one"), flag[[3]], rest / (k ** 2 * FLAG))])
+                    # copies the item it attends to (BOS: its resting vector): the circuit's into the
+                    # task's logits, every other one into its own block through a random rotation,
+                    # so that each item moves many tokens' logits a little once read below
+                    move = rng.uniform(*MOVER_RANGE)
+                    target = rows(layout, "out", items)
+                    if not ch.is_circuit:
+                        share = next(signs) * rng.uniform(*ECHO_RANGE)
+                        target = share * target + np.sqrt(1 - share ** 2) * \
+                            random_orthogonal(N_ITEMS, rng) @ layout.basis(ch.block(role))
+                    model.set_ov(layer, head, rows(layout, "tok", items + [BOS]),
+                                 np.vstack([target, layout.basis(ch.block("rest"))]), gain=move / k)
+                    written += move ** 2
+            sq += written
 
-        others = [s for s in slots if s not in (det1, det2, gate)]
-        signs = rng.permutation([1.0, -1.0] * (len(others) // 2) + [1.0] * (len(others) % 2))
-        cue_rows = rows(layout, "cue1") + rows(layout, "cue2")
-        for (l, h), sign in zip(others, signs):
-            model.add_distractor_head(l, h, rng, read_blocks=["tok", "pos", "junk"],
-                                      write={"junk": 0.03}, qk_strength=2.0 / k0 ** 2)
-            share = rng.uniform(*READER_SHARE)
-            model.set_qk(l, h, rows(layout, "one"), cue_rows, READER_QK / (k_end * k0 * FLAG), offset=8)
-            # reads ~FLAG·k0 on a cue; writes −sign·share·MOVER_GAIN on DEFAULT's logit
-            model.set_ov(l, h, cue_rows, -sign * share * MOVER_GAIN / (FLAG * k0)
-                         * layout.basis("out")[[DEFAULT]], offset=8)
+        # readouts: the task's logits read "out" (and END's vote for DEFAULT); every other
+        # channel's sinks (its AND head's items, or a partial channel's detector flags) are read
+        # through a shuffle of the vocabulary at AUX_READ of that scale; resting vectors are not read
+        out_scale = MOVER_LOGIT / (MOVER_MID * scale(default_vote ** 2))
+        model.unembed("out", scale=out_scale)
+        embed_offset(model, default_vote * layout.basis("out")[DEFAULT], [END])
+        for ch in channels[1:]:
+            for role in ch.sinks(CIRCUIT):
+                shuffled_readout(model, ch.block(role), rng, AUX_READ * out_scale)
+        _off_mean(model, "mean")
         model.rotate(rng)
-        truth = CIRCUIT.truth({"cue1_detector": [names.head(*det1)],
-                               "cue2_detector": [names.head(*det2)],
-                               "and_mover": [names.head(*gate)]})
+        truth = CIRCUIT.truth({role: [names.head(*slot)] for role, slot in channels[0].slots.items()})
         return Instance(model=model.to_bridge(), truth=truth, seed=seed, size=size)
 
     def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
