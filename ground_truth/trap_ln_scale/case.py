@@ -24,7 +24,7 @@ BOS, END = 0, 1
 N_MARKERS = 24
 MARKERS = list(range(2, 2 + N_MARKERS))
 N_KEYS = 8  # candidate answers; the clean prompt holds one of them (flagged in its embedding)
-N_FILLERS = 22
+N_FILLERS = 14
 VOCAB = 2 + N_MARKERS + N_KEYS + N_FILLERS
 CONTEXT = 8  # tokens between BOS and the markers
 N_CTX = 1 + CONTEXT + N_MARKERS + 1
@@ -123,9 +123,17 @@ def plan(n_layers: int, n_heads: int, rng: np.random.Generator) -> list[Head]:
             fits = [markers.pop()]
             readable[fits[0]] = n_layers
         heads.append(Head(*slot, "mover", int(fits[int(rng.integers(len(fits)))])))
-    # every look-alike mover copies into a block of its own (the circuit's into the task's "out")
-    return [h if h.recipe == "scale" or n == 0 else Head(h.layer, h.index, h.recipe, h.query, f"read{n}")
-            for n, h in enumerate(heads)]
+    # the look-alike movers of one query position copy into blocks of their own (the circuit's into
+    # the task's "out"); movers at different positions never write at the same place, so they
+    # share blocks: block i holds the i-th look-alike mover of every position
+    seen: dict[int, int] = {}
+    out = heads[:2]
+    for h in heads[2:]:
+        if h.recipe == "mover":
+            seen[h.query] = seen.get(h.query, -1) + 1
+            h = Head(h.layer, h.index, h.recipe, h.query, f"read{seen[h.query]}")
+        out.append(h)
+    return out
 
 
 def ln_coordinate(x: np.ndarray, direction: np.ndarray) -> float:
@@ -163,10 +171,10 @@ class TrapLNScale(Case):
         heads = plan(n_layers, n_heads, rng)
         queries = [END, *MARKERS]
         carriers = [BOS, *queries]  # tokens with a bulk of their own
+        readouts = sorted({h.readout for h in heads if h.recipe == "mover"} - {"out"})
         layout = ResidualLayout({"tok": VOCAB, "const": 1, "flag": 1, "bulk": 2 * len(carriers),
                                  "out": VOCAB, "pos": N_CTX,
-                                 **{h.readout: N_KEYS for h in heads if h.readout != "out"
-                                    and h.recipe == "mover"}})
+                                 **{block: N_KEYS for block in readouts}})
         model = PlantedModel(layout, n_layers=n_layers, n_heads=n_heads, d_head=D_HEAD,
                              d_vocab=VOCAB, n_ctx=N_CTX, layer_norm=True)
         model.embed_tokens("tok")
@@ -183,6 +191,8 @@ class TrapLNScale(Case):
             model.W_E[t] += rng.uniform(*BULK_RANGE) * bulk[t]
         model.embed_positions("pos")
         model.unembed("out")
+        for block in readouts:
+            shuffled_readout(model, block, rng, AUX_READ)
 
         # what each head sees through its LayerNorm, from the embeddings (no head writes at a key
         # or at BOS, and a query position's bulk dominates it until its scale head cancels it)
@@ -204,9 +214,8 @@ class TrapLNScale(Case):
                 gain = rng.uniform(*MOVE_RANGE) / tok_at_key
                 if head.readout == "out":  # the task's readout: the key's own logit
                     write = b("out")[keys]
-                else:  # the key's identity in the head's own block, read into a shuffle of tokens
+                else:  # the key's identity in a block of its own, read into a shuffle of tokens
                     write = b(head.readout)
-                    shuffled_readout(model, head.readout, rng, AUX_READ)
                 model.set_ov(head.layer, head.index, b("tok")[keys], write, gain)
             else:  # unit gain for now: calibrated below to cancel the query token's bulk
                 model.set_ov(head.layer, head.index, b("flag"), -bulk[head.query][None], 1.0)
