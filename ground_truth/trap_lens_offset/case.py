@@ -13,11 +13,11 @@ from mibench import names
 from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
-from mibench.model.ablation import cache_nodes
 from mibench.model.readout import cache_residuals, decode
 from mibench.models import PlantedModel, ResidualLayout
 from mibench.models.channels import shuffled_readout
 from mibench.models.gating import QKTerm, embed_flag, set_qk_terms
+from mibench.models.norms import embed_offset
 
 BOS, END = 0, 1
 #: marker tokens M1 … M8 sit between the context and END, in this order, in every prompt: the
@@ -70,8 +70,6 @@ LENS_MARGIN = 0.1
 READOUT_ACCURACY_MIN = 0.9
 #: train prompts for that readout (more than d_model at every size, so the fit is determined)
 N_READOUT_TRAIN = 256
-#: train prompts on which each remover's gain is calibrated
-N_CALIBRATION = 32
 
 
 @dataclass(frozen=True)
@@ -195,13 +193,16 @@ class TrapLensOffset(Case):
             nonsense = roles["nonsense"] if q == END else rng.choice(fillers, N_NONSENSE, replace=False)
             offsets[q] = rng.uniform(*OFFSET_RANGE) * (pairs[i, 0] - pairs[i, 1]) / np.sqrt(2)
             offsets[q] += rng.uniform(*NONSENSE_RANGE) * b("out")[list(nonsense)].sum(0)
-            model.W_E[q] += b("query")[i] + (offset_scale if q == END else 1.0) * offsets[q]
+        carried = {q: (offset_scale if q == END else 1.0) * offsets[q] for q in queries}
         query_flag = {q: b("query")[i] for i, q in enumerate(queries)}
+        for q in queries:
+            embed_offset(model, query_flag[q] + carried[q], [q])
         # BOS, where every head rests, carries a large offset of its own (the "massive activation"
         # of an attention sink): the heads' small writes while resting there barely change its
         # LayerNorm, so a head's rest write is the same at every depth
         sink = (b("sink")[0] - b("sink")[1]) / np.sqrt(2)
-        model.W_E[BOS] += rng.uniform(*SINK_RANGE) * sink
+        carried[BOS] = rng.uniform(*SINK_RANGE) * sink
+        embed_offset(model, carried[BOS], [BOS])
         model.unembed("out")
         for block in readouts:
             shuffled_readout(model, block, rng, AUX_READ)
@@ -210,15 +211,18 @@ class TrapLensOffset(Case):
         # writes there); at its query position the embedding plus the copies written there by the
         # movers of earlier layers (they lower the LayerNorm's scale a little), so that every head,
         # at any depth, gets the scores and the write drawn for it
-        key_x = model.W_E[keys[0]] + model.W_pos[1]
-        bos_x = model.W_E[BOS] + model.W_pos[0]
+        def embedding(token: int, position: int) -> np.ndarray:
+            """What the embeddings written above put at ``position`` when ``token`` is there."""
+            x = b("tok")[token] + b("const")[0] + b("pos")[position] + carried.get(token, 0)
+            return x + (b("flag")[0] if token in keys else 0) + (query_flag[token] if token in query_flag else 0)
+
+        key_x, bos_x = embedding(keys[0], 1), embedding(BOS, 0)
         flag_at_key = ln_coordinate(key_x, b("flag")[0])
         tok_at_key = ln_coordinate(key_x, b("tok")[keys[0]])
         sink_at_bos = ln_coordinate(bos_x, sink)
         drawn = {h: (rng.uniform(*KEY_SCORE_RANGE), rng.uniform(*SINK_SCORE_RANGE), rng.uniform(*MOVE_RANGE))
                  for h in heads}
-        written = {q: model.W_E[q] + model.W_pos[N_CTX - 1 if q == END else 1 + CONTEXT + MARKERS.index(q)]
-                   for q in queries}
+        written = {q: embedding(q, N_CTX - 1 if q == END else 1 + CONTEXT + MARKERS.index(q)) for q in queries}
         for layer in range(n_layers):
             copies = []
             for head in (h for h in heads if h.layer == layer):
@@ -234,31 +238,14 @@ class TrapLensOffset(Case):
                     write = b("out")[keys] if head.readout == "out" else b(head.readout)
                     model.set_ov(head.layer, head.index, b("tok")[keys], write, move / tok_at_key)
                     copies.append((head.query, move * write[0]))
-                else:  # unit gain for now: calibrated below to remove the query token's offset
+                else:  # attending to the key (weight 1 - e^-6 or more), it removes the query's offset
+                    size = np.linalg.norm(carried[head.query])
                     direction = offsets[head.query] / np.linalg.norm(offsets[head.query])
-                    model.set_ov(head.layer, head.index, b("flag"), -direction[None], 1.0)
+                    model.set_ov(head.layer, head.index, b("flag"), -direction[None], size / flag_at_key)
             for query, copy in copies:
                 written[query] = written[query] + copy
-        # a remover takes away the offset its query token's embedding carries
-        carried = {q: (offsets[q] / np.linalg.norm(offsets[q]), model.W_E[q] @ offsets[q] / np.linalg.norm(offsets[q]))
-                   for q in queries}
-        self._calibrate(model, seed, [h for h in heads if h.recipe == "remover"], carried)
         model.rotate(rng)
         return model, {"answer_mover": [heads[0].node]}
-
-    def _calibrate(self, model: PlantedModel, seed: int, removers: list[Head],
-                   carried: dict[int, tuple[np.ndarray, float]]) -> None:
-        """Scale every remover's OV so that, on average over clean train prompts, its write at its
-        query position removes exactly the offset there (``carried[query]``: the offset's direction
-        and size). One pass serves them all: a remover's write depends only on the key it reads
-        and on its attention, which no other remover changes (each has its own query position)."""
-        tokens = self.prompts(N_CALIBRATION, seed, "train").clean
-        _, z = cache_nodes(model.to_bridge(), tokens, [h.node for h in removers])
-        for head in removers:
-            direction, size = carried[head.query]
-            position = int((tokens[0] == head.query).nonzero()[0, 0])
-            write = z[head.node][:, position].double().numpy() @ model.W_O[head.layer, head.index]
-            model.W_O[head.layer, head.index] *= -size / float((write @ direction).mean())
 
     def build(self, seed: int, size: str = DEFAULT_SIZE) -> Instance:
         model, placement = self.planted(seed, size=size)

@@ -12,11 +12,12 @@ from mibench import names
 from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
-from mibench.model.ablation import ablation_effects, cache_nodes
+from mibench.model.ablation import ablation_effects
 from mibench.model.readout import direct_effects, metric_gradient
 from mibench.models import PlantedModel, ResidualLayout
 from mibench.models.channels import shuffled_readout
 from mibench.models.gating import QKTerm, embed_flag, set_qk_terms
+from mibench.models.norms import embed_offset
 
 BOS, END = 0, 1
 #: marker tokens M1 … M24 sit between the context and END, in this order, in every prompt: the
@@ -59,8 +60,6 @@ N_END_MOVERS = 2
 FROZEN_DIRECT_SHARE_MAX = 0.02
 #: share of the clean logit difference lost when the scale head is patched from the corrupted run
 TOTAL_EFFECT_MIN = 0.5
-#: train prompts on which each scale head's gain is calibrated
-N_CALIBRATION = 32
 
 
 @dataclass(frozen=True)
@@ -187,23 +186,29 @@ class TrapLNScale(Case):
         # each query token carries its own constant offset; so does BOS, where every head rests
         # (the "massive activation" of an attention sink): the heads' small writes while resting
         # there barely change its LayerNorm, so a head's rest write is the same at every depth
+        size_of = {t: rng.uniform(*BULK_RANGE) for t in carriers}
         for t in carriers:
-            model.W_E[t] += rng.uniform(*BULK_RANGE) * bulk[t]
+            embed_offset(model, size_of[t] * bulk[t], [t])
         model.embed_positions("pos")
         model.unembed("out")
         for block in readouts:
             shuffled_readout(model, block, rng, AUX_READ)
 
-        # what each head sees through its LayerNorm, from the embeddings (no head writes at a key
-        # or at BOS, and a query position's bulk dominates it until its scale head cancels it)
+        # what each head sees through its LayerNorm, from the embeddings written above (no head
+        # writes at a key or at BOS, and a query position's bulk dominates it until its scale head
+        # cancels it)
         b = layout.basis
-        key_x = model.W_E[keys[0]] + model.W_pos[1]
-        bos_x = model.W_E[BOS] + model.W_pos[0]
+
+        def embedding(token: int, position: int) -> np.ndarray:
+            x = b("tok")[token] + b("const")[0] + b("pos")[position]
+            return x + (b("flag")[0] if token in keys else 0) + size_of.get(token, 0) * bulk.get(token, 0)
+
+        key_x, bos_x = embedding(keys[0], 1), embedding(BOS, 0)
         flag_at_key = ln_coordinate(key_x, b("flag")[0])
         tok_at_key = ln_coordinate(key_x, b("tok")[keys[0]])
         bos_at_bos = ln_coordinate(bos_x, bulk[BOS])
         for head in heads:
-            q_x = model.W_E[head.query] + model.W_pos[1 + CONTEXT]
+            q_x = embedding(head.query, 1 + CONTEXT)
             bulk_at_q = ln_coordinate(q_x, bulk[head.query])
             const_at_q = ln_coordinate(q_x, b("const")[0])
             key_score, sink_score = rng.uniform(*KEY_SCORE_RANGE), rng.uniform(*SINK_SCORE_RANGE)
@@ -217,25 +222,12 @@ class TrapLNScale(Case):
                 else:  # the key's identity in a block of its own, read into a shuffle of tokens
                     write = b(head.readout)
                 model.set_ov(head.layer, head.index, b("tok")[keys], write, gain)
-            else:  # unit gain for now: calibrated below to cancel the query token's bulk
-                model.set_ov(head.layer, head.index, b("flag"), -bulk[head.query][None], 1.0)
-        self._calibrate(model, seed, [h for h in heads if h.recipe == "scale"], bulk)
+            else:  # attending to the key (weight 1 - e^-6 or more), it cancels the query's bulk
+                model.set_ov(head.layer, head.index, b("flag"), -bulk[head.query][None],
+                             size_of[head.query] / flag_at_key)
         model.rotate(rng)
         mover, scale = heads[0], heads[1]
         return model, {"answer_mover": [mover.node], "scale_head": [scale.node]}
-
-    def _calibrate(self, model: PlantedModel, seed: int, scales: list[Head], bulk: dict) -> None:
-        """Scale every scale head's OV so that, on average over clean train prompts, its write at
-        its query position cancels exactly the bulk there. One pass serves them all: a scale head's
-        write depends only on the key it reads and on its attention, which no other scale head
-        changes (each has its own query position and runs no earlier than the heads querying it)."""
-        tokens = self.prompts(N_CALIBRATION, seed, "train").clean
-        _, z = cache_nodes(model.to_bridge(), tokens, [h.node for h in scales])
-        for head in scales:
-            position = int((tokens[0] == head.query).nonzero()[0, 0])
-            write = z[head.node][:, position].double().numpy() @ model.W_O[head.layer, head.index]
-            target = -float(model.W_E[head.query] @ bulk[head.query])
-            model.W_O[head.layer, head.index] *= target / float((write @ bulk[head.query]).mean())
 
     def build(self, seed: int, size: str = DEFAULT_SIZE) -> Instance:
         model, placement = self.planted(seed, size)
