@@ -49,15 +49,22 @@ SINK_RANGE = (36.0, 44.0)
 #: attention score on the key from the head's own query position …
 KEY_SCORE_RANGE = (38.0, 44.0)
 #: … and on BOS from every position where an offset dominates the residual (the sink; its query
-#: reads the shared `const` direction, so it is stronger everywhere else)
+#: reads the shared `const` direction, so it is stronger everywhere else). Strong enough that the
+#: attention a head leaks at other heads' query positions (whose residual grows as movers write
+#: there) stays far below what it leaks at its own: otherwise heads of later layers attend less
+#: sharply, and the fingerprint audit tells L0's circuit head apart
 SINK_SCORE_RANGE = (28.0, 32.0)
-#: a mover's write: this many residual units of the key's identity
+#: a mover's write: this many residual units of the key's identity (small next to an offset, so
+#: that a query position's LayerNorm scale barely depends on how many movers wrote there before)
 MOVE_RANGE = (1.5, 2.5)
-#: how strongly the unembedding reads a look-alike mover's copy (each into its own shuffle of the
-#: vocabulary): it moves other tokens' logits, not the task's
+#: how strongly the unembedding reads a look-alike mover's copy (each block into its own shuffle
+#: of the vocabulary): it moves other tokens' logits, and the task's metric only when the shuffle
+#: sends a key onto the answer or the wrong key (a small noise floor)
 AUX_READ = 0.1
 #: share of the non-circuit heads that are look-alike offset removers (besides the circuit
-#: channel's own, in the final layer)
+#: channel's own, in the final layer). The circuit is one mover, so removers, whose norms and
+#: ranks differ from a mover's, must stay a small minority for the audit; enough of them make
+#: removing an offset a habit of the model rather than a one-off of the circuit's channel
 REMOVER_SHARE = 0.1
 #: look-alike movers that query END (besides the circuit's): their writes reach the task's logits
 #: only through their shuffles, a small noise floor
