@@ -1,6 +1,8 @@
 """Trap: a variable that is linearly decodable at a site the model never uses (see README.md)."""
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,23 +14,33 @@ from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.ablation import ablation_effects, cache_nodes
 from mibench.models import PlantedModel, ResidualLayout
+from mibench.models.channels import shuffled_readout
 from mibench.models.gating import QKTerm, embed_flag, set_qk_terms
 
 BOS, END, NOTE = 0, 1, 2
 VOCAB = 32
 N_KEYS = 8
 CONTEXT = 8  # tokens between BOS and NOTE; one of them is a key
-N_LAYERS, N_HEADS, D_HEAD = 2, 4, 16
+N_CTX = CONTEXT + 3
+D_HEAD = 8
+#: layers × heads per size
+SHAPES = {"small": (2, 4), "medium": (6, 8)}
 CIRCUIT = Circuit.load(Path(__file__).with_name("circuit.yaml"))
-#: the site where the memo head leaves the variable for nobody
+#: the site where the memo head leaves the variable for no reader on the task's path
 UNUSED_SITE = "r1@NOTE"
 
-# Planted strengths (no LayerNorm): every position rests on BOS with attention logit 20, and the
-# querying position scores 30 on the key, so the key leaks into no other position (weight e^-20).
-KEY_QK, SINK_QK = 30.0, 20.0
-ANSWER_GAIN = 10.0
-MEMO_GAIN = 1.0
-DISTRACTOR_WRITE = {"junk": 1.0, "out": 0.3}
+# Every head is one recipe, a key mover, whichever channel it belongs to, with strengths drawn from
+# the same ranges (see README.md, "Distractors"). No LayerNorm: scores and writes are exact.
+#: attention score on the key from the head's own query position (END or NOTE) …
+KEY_SCORE_RANGE = (26.0, 34.0)
+#: … and on BOS from every position (the sink: the key leaks nowhere else, weight ~e^-20)
+SINK_SCORE_RANGE = (18.0, 22.0)
+#: a mover's write: this many residual units of the key's identity (the circuit's is the answer's
+#: logit)
+MOVE_RANGE = (8.0, 12.0)
+#: how strongly the unembedding reads a look-alike mover's copy (each into its own shuffle of the
+#: vocabulary): it moves other tokens' logits (at NOTE, or at END beside the answer), not the task's
+AUX_READ = 0.05
 
 # Thresholds of the trap's own checks.
 #: |metric change| / clean metric when the unused site is patched from the corrupted run
@@ -45,26 +57,67 @@ N_DECODER_TRAIN = 256
 DECODER_NOISE = 0.02
 
 
+@dataclass(frozen=True)
+class Head:
+    """One head of the model (every head is a key mover): the token whose position it queries (END
+    or NOTE) and the residual block its copy goes to."""
+
+    layer: int
+    index: int
+    query: int
+    readout: str
+
+    @property
+    def node(self) -> str:
+        return names.head(self.layer, self.index)
+
+
+def plan(n_layers: int, n_heads: int, rng: np.random.Generator) -> list[Head]:
+    """Every head's query position and readout block. The circuit's mover: L0, at END, into the
+    task's "out". The memo head: another L0 head, the only one of L0 at NOTE (so no other trace of
+    the key reaches r1@NOTE). Every other head queries END (all of L0's) or, above L0, END or NOTE
+    at random. The look-alike movers of a position copy into blocks of their own; movers of
+    different positions never write at the same place, so they share blocks (block i holds the
+    i-th look-alike mover of END and of NOTE)."""
+    mover, memo = (int(h) for h in rng.choice(n_heads, size=2, replace=False))
+    heads = [Head(0, mover, END, "out"), Head(0, memo, NOTE, "read0")]
+    seen = {END: -1, NOTE: 0}
+    for layer in range(n_layers):
+        for h in rng.permutation(n_heads).tolist():
+            if layer == 0 and h in (mover, memo):
+                continue
+            query = END if layer == 0 or rng.random() < 0.5 else NOTE
+            seen[query] += 1
+            heads.append(Head(layer, h, query, f"read{seen[query]}"))
+    return heads
+
+
 class TrapDecodableUnused(Case):
     name = "trap_decodable_unused"
-    version = "1"
+    version = "2"
     circuit = CIRCUIT
     tier = "trap"
-    description = ("a memo head writes the answer's identity at NOTE into a subspace nothing reads: "
-                   "a probe finds it there, patching shows it is unused")
+    sizes = ("small", "medium")
+    description = ("a memo head writes the answer's identity at NOTE into a subspace the task's path "
+                   "never reads: a probe finds it there, patching shows it is unused; every head is a "
+                   "look-alike key mover")
 
     # --- model --------------------------------------------------------------------------------
 
-    def planted(self, seed: int, memo: bool = True) -> tuple[PlantedModel, dict[str, list[str]], int]:
+    def planted(self, seed: int, memo: bool = True, size: str = DEFAULT_SIZE
+                ) -> tuple[PlantedModel, dict[str, list[str]], int]:
         """The planted weights (rotated, before export), where each role sits and the memo head's
         index. ``memo=False`` leaves the memo head out (removes the trap's mechanism), for tests."""
+        self.check_size(size)
+        n_layers, n_heads = SHAPES[size]
         rng = np.random.default_rng([seed, 0])
         keys = self._keys(seed)
-        n_ctx = CONTEXT + 3
+        heads = plan(n_layers, n_heads, rng)
+        readouts = sorted({h.readout for h in heads} - {"out"})
         layout = ResidualLayout({"tok": VOCAB, "const": 1, "kflag": 1, "qflag": 1, "nflag": 1,
-                                 "out": VOCAB, "memo": N_KEYS, "pos": n_ctx, "junk": 8})
-        model = PlantedModel(layout, n_layers=N_LAYERS, n_heads=N_HEADS, d_head=D_HEAD,
-                             d_vocab=VOCAB, n_ctx=n_ctx)
+                                 "out": VOCAB, "pos": N_CTX, **{block: N_KEYS for block in readouts}})
+        model = PlantedModel(layout, n_layers=n_layers, n_heads=n_heads, d_head=D_HEAD,
+                             d_vocab=VOCAB, n_ctx=N_CTX)
         model.embed_tokens("tok")
         embed_flag(model, "const", list(range(VOCAB)))
         embed_flag(model, "kflag", keys)
@@ -72,31 +125,32 @@ class TrapDecodableUnused(Case):
         embed_flag(model, "nflag", [NOTE])
         model.embed_positions("pos")
         model.unembed("out")
+        for block in readouts:
+            shuffled_readout(model, block, rng, AUX_READ)
 
-        mover, memo_head = (int(h) for h in rng.choice(N_HEADS, size=2, replace=False))
         b = layout.basis
-        sink = QKTerm(b("const"), b("tok")[[BOS]], SINK_QK)  # every position rests on BOS
-        set_qk_terms(model, 0, mover, [QKTerm(b("qflag"), b("kflag"), KEY_QK), sink])
-        model.set_ov(0, mover, b("tok")[keys], b("out")[keys], ANSWER_GAIN, offset=2)
-        if memo:
-            set_qk_terms(model, 0, memo_head, [QKTerm(b("nflag"), b("kflag"), KEY_QK), sink])
-            model.set_ov(0, memo_head, b("tok")[keys], b("memo"), MEMO_GAIN, offset=2)
-        for layer in range(N_LAYERS):
-            for h in range(N_HEADS):
-                if layer == 0 and h in (mover, memo_head):
-                    continue
-                # nothing reads "memo". Layer-0 distractors attend and read by position only, so no
-                # trace of the key reaches NOTE except the memo head's (the decodability check
-                # then fails when the memo head is removed); layer-1 ones also read tokens.
-                reads = ["pos", "const", "junk"] if layer == 0 else ["tok", "pos", "junk"]
-                model.add_distractor_head(layer, h, rng, read_blocks=reads, write=DISTRACTOR_WRITE)
+        query_flag = {END: b("qflag"), NOTE: b("nflag")}
+        for n, head in enumerate(heads):
+            key_score, sink_score = rng.uniform(*KEY_SCORE_RANGE), rng.uniform(*SINK_SCORE_RANGE)
+            move = rng.uniform(*MOVE_RANGE)
+            if n == 1 and not memo:  # drawn all the same, so every other head is unchanged
+                continue
+            set_qk_terms(model, head.layer, head.index,
+                         [QKTerm(query_flag[head.query], b("kflag"), key_score),
+                          QKTerm(b("const"), b("tok")[[BOS]], sink_score)])  # rest on BOS
+            write = b("out")[keys] if head.readout == "out" else b(head.readout)
+            model.set_ov(head.layer, head.index, b("tok")[keys], write, move)
         model.rotate(rng)
-        return model, {"answer_mover": [names.head(0, mover)]}, memo_head
+        return model, {"answer_mover": [heads[0].node]}, heads[1].index
 
     def build(self, seed: int, size: str = DEFAULT_SIZE) -> Instance:
-        self.check_size(size)
-        model, placement, _ = self.planted(seed)
+        model, placement, _ = self.planted(seed, size=size)
         truth = CIRCUIT.truth(placement)
+        # every residual at END after the mover is on the path: circuit.yaml lists the small
+        # model's (r1@END, r2@END); a deeper model adds its own
+        n_layers = SHAPES[size][0]
+        sites = {"key": CIRCUIT.sites["key"] | {f"r{layer}@END" for layer in range(1, n_layers + 1)}}
+        truth = dataclasses.replace(truth, sites=sites)
         return Instance(model=model.to_bridge(), truth=truth, seed=seed, size=size)
 
     @staticmethod

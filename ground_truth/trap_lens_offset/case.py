@@ -1,7 +1,9 @@
 """Trap: a constant residual offset that only the final block removes, hiding the answer from the
-logit lens at every intermediate layer (see README.md)."""
+logit lens at every intermediate layer, among look-alike channels that do the same at other
+positions (see README.md)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,106 +15,261 @@ from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.readout import cache_residuals, decode
 from mibench.models import PlantedModel, ResidualLayout
+from mibench.models.channels import shuffled_readout
 from mibench.models.gating import QKTerm, embed_flag, set_qk_terms
-from mibench.models.mlp import add_distractor_neurons
-from mibench.models.norms import add_constant_neurons, offset_vector
+from mibench.models.norms import embed_offset
 
 BOS, END = 0, 1
-VOCAB = 32
+#: marker tokens M1 … M8 sit between the context and END, in this order, in every prompt: the
+#: query positions of the look-alike channels (END is the circuit's)
+N_MARKERS = 8
+MARKERS = list(range(2, 2 + N_MARKERS))
 N_KEYS = 8
-N_NONSENSE = 3  # filler tokens whose unembedding the offset points at
-CONTEXT = 8
-N_LAYERS, N_HEADS, D_HEAD, D_MLP = 3, 4, 16, 8
-N_CONSTANT = 2  # constant neurons per bias-like MLP
+N_NONSENSE = 3  # tokens whose unembedding each offset points at
+N_FILLERS = 14
+VOCAB = 2 + N_MARKERS + N_KEYS + N_FILLERS
+CONTEXT = 8  # tokens between BOS and the markers
+N_CTX = 1 + CONTEXT + N_MARKERS + 1
+D_HEAD = 8
+#: layers × heads per size
+SHAPES = {"small": (3, 4), "medium": (6, 8)}
 CIRCUIT = Circuit.load(Path(__file__).with_name("circuit.yaml"))
 
-# Planted strengths (post-LayerNorm units: each of the ~3 unit directions of an embedding becomes
-# ~5 after the block's LayerNorm).
-KEY_QK, SINK_QK = 0.45, 0.18
-ANSWER_GAIN = 0.75  # ~4 units of the answer direction at END
-OFFSET = 15.0  # the offset's part in its own subspace (orthogonal to the unembedding)
-NONSENSE_LOGIT = 8.0  # the offset's part along each nonsense token's unembedding direction
-DISTRACTOR_WRITE = {"junk": 0.1, "out": 0.02}
+# Every head is one of two recipes, whichever channel it belongs to, with strengths drawn from the
+# same ranges (see README.md, "Distractors"). Scores and writes are stated in post-LayerNorm terms
+# and converted into weights from the model's width, so they mean the same at every size.
+#: each query token's (END's, every marker's) constant offset: this much along a direction of its
+#: own, orthogonal to the unembedding …
+OFFSET_RANGE = (13.0, 17.0)
+#: … and this much along each of N_NONSENSE tokens' unembedding directions
+NONSENSE_RANGE = (7.0, 9.0)
+#: the attention sink's own offset (BOS's), orthogonal to everything a head reads or the
+#: unembedding reads
+SINK_RANGE = (36.0, 44.0)
+#: attention score on the key from the head's own query position …
+KEY_SCORE_RANGE = (38.0, 44.0)
+#: … and on BOS from every position where an offset dominates the residual (the sink; its query
+#: reads the shared `const` direction, so it is stronger everywhere else). Strong enough that the
+#: attention a head leaks at other heads' query positions (whose residual grows as movers write
+#: there) stays far below what it leaks at its own: otherwise heads of later layers attend less
+#: sharply, and the fingerprint audit tells L0's circuit head apart
+SINK_SCORE_RANGE = (28.0, 32.0)
+#: a mover's write: this many residual units of the key's identity (small next to an offset, so
+#: that a query position's LayerNorm scale barely depends on how many movers wrote there before)
+MOVE_RANGE = (1.5, 2.5)
+#: how strongly the unembedding reads a look-alike mover's copy (each block into its own shuffle
+#: of the vocabulary): it moves other tokens' logits, and the task's metric only when the shuffle
+#: sends a key onto the answer or the wrong key (a small noise floor)
+AUX_READ = 0.1
+#: share of the non-circuit heads that are look-alike offset removers (besides the circuit
+#: channel's own, in the final layer). The circuit is one mover, so removers, whose norms and
+#: ranks differ from a mover's, must stay a small minority for the audit; enough of them make
+#: removing an offset a habit of the model rather than a one-off of the circuit's channel
+REMOVER_SHARE = 0.1
+#: look-alike movers that query END (besides the circuit's): their writes reach the task's logits
+#: only through their shuffles, a small noise floor
+N_END_MOVERS = 2
 
 # Thresholds of the trap's own checks.
 #: top-1 accuracy of the logit lens after the answer layer, at most chance (1 / N_KEYS) plus this
 LENS_MARGIN = 0.1
 #: top-1 accuracy of a least-squares linear readout (residual after the answer layer -> final logits)
 READOUT_ACCURACY_MIN = 0.9
-#: train prompts for that readout (more than d_model, so the least-squares fit is determined)
+#: train prompts for that readout (more than d_model at every size, so the fit is determined)
 N_READOUT_TRAIN = 256
+
+
+@dataclass(frozen=True)
+class Head:
+    """One head of the model: its recipe ("mover" or "remover"), the token whose position it queries
+    (END or a marker) and, for a mover, the residual block its copy goes to."""
+
+    layer: int
+    index: int
+    recipe: str
+    query: int
+    readout: str = "out"
+
+    @property
+    def node(self) -> str:
+        return names.head(self.layer, self.index)
+
+
+def plan(n_layers: int, n_heads: int, rng: np.random.Generator) -> list[Head]:
+    """Every head's recipe and query position. The circuit's channel: a mover in L0 and an offset
+    remover in the final layer, both at END. The other heads: look-alike removers above L0
+    (REMOVER_SHARE of them), each with a marker of its own whose offset it removes, and movers:
+    N_END_MOVERS of them query END, one joins each remover's marker at the same layer or below, the
+    rest join a random marker they can still read or one of their own (whose offset stays). A head
+    reads its query position before the offset there is removed, so that every head attends as
+    sharply as the circuit's."""
+    slots = [(layer, h) for layer in range(n_layers) for h in range(n_heads)]
+    mover0, remover0 = (0, int(rng.integers(n_heads))), (n_layers - 1, int(rng.integers(n_heads)))
+    others = [s for s in slots if s not in (mover0, remover0)]
+    upper = [s for s in others if s[0] >= 1]
+    n_remove = min(int(REMOVER_SHARE * len(others)), N_MARKERS, len(upper))
+    removers = sorted(upper[i] for i in rng.choice(len(upper), size=n_remove, replace=False))
+    order = [others[i] for i in rng.permutation(len(others)) if others[i] not in removers]
+    markers = [int(m) for m in rng.permutation(MARKERS)]
+    heads = [Head(*mover0, "mover", END), Head(*remover0, "remover", END)]
+
+    def take(top: int) -> tuple[int, int] | None:
+        """A mover not yet placed whose layer is at most ``top``."""
+        slot = next((s for s in order if s[0] <= top), None)
+        if slot is not None:
+            order.remove(slot)
+        return slot
+
+    heads += [Head(*take(n_layers), "mover", END) for _ in range(N_END_MOVERS)]
+    readable = {}  # marker -> the last layer that still sees its offset
+    for slot in removers:
+        partner = take(slot[0])
+        if partner is None:  # nothing left to join it at this layer: the head is a mover instead
+            order.append(slot)
+            continue
+        readable[markers.pop()] = slot[0]
+        heads += [Head(*slot, "remover", next(reversed(readable))), Head(*partner, "mover", next(reversed(readable)))]
+    for slot in order:
+        fits = [m for m, top in readable.items() if slot[0] <= top]
+        if markers and (not fits or rng.random() < 0.3):
+            fits = [markers.pop()]
+            readable[fits[0]] = n_layers
+        heads.append(Head(*slot, "mover", int(fits[int(rng.integers(len(fits)))])))
+    # the look-alike movers of one query position copy into blocks of their own (the circuit's into
+    # the task's "out"); movers at different positions never write at the same place, so they
+    # share blocks: block i holds the i-th look-alike mover of every position
+    seen: dict[int, int] = {}
+    out = heads[:2]
+    for h in heads[2:]:
+        if h.recipe == "mover":
+            seen[h.query] = seen.get(h.query, -1) + 1
+            h = Head(h.layer, h.index, h.recipe, h.query, f"read{seen[h.query]}")
+        out.append(h)
+    return out
+
+
+def ln_coordinate(x: np.ndarray, direction: np.ndarray) -> float:
+    """The coordinate along ``direction`` of LayerNorm(x) (unit weight, no bias), in the planted
+    basis: what a head reading ``direction`` sees at a position whose residual is ``x``."""
+    centred = x - x.mean()
+    return float(centred @ direction / np.sqrt((centred ** 2).mean() + 1e-5))
 
 
 class TrapLensOffset(Case):
     name = "trap_lens_offset"
-    version = "1"
+    version = "2"
     circuit = CIRCUIT
     tier = "trap"
+    sizes = ("small", "medium")
     description = ("the answer is formed in layer 0, but a constant offset removed only by the final "
-                   "block hides it from the logit lens, which credits the final layer")
+                   "block hides it from the logit lens, which credits the final layer; every other "
+                   "head is a look-alike mover or offset remover at another query position")
 
     # --- model --------------------------------------------------------------------------------
 
-    def planted(self, seed: int, offset_scale: float = 1.0) -> tuple[PlantedModel, dict[str, list[str]]]:
+    def planted(self, seed: int, offset_scale: float = 1.0, size: str = DEFAULT_SIZE
+                ) -> tuple[PlantedModel, dict[str, list[str]]]:
         """The planted weights (rotated, before export) and where each role sits.
-        ``offset_scale`` = 0 removes the offset (the mechanism), for tests."""
+        ``offset_scale`` = 0 removes END's offset (the mechanism), for tests."""
+        self.check_size(size)
+        n_layers, n_heads = SHAPES[size]
         rng = np.random.default_rng([seed, 0])
         roles = self._token_roles(seed)
         keys = roles["key"]
-        n_ctx = CONTEXT + 2
-        layout = ResidualLayout({"tok": VOCAB, "flag": 1, "qflag": 1, "offset": 1, "out": VOCAB,
-                                 "pos": n_ctx, "junk": 8})
-        model = PlantedModel(layout, n_layers=N_LAYERS, n_heads=N_HEADS, d_head=D_HEAD,
-                             d_vocab=VOCAB, n_ctx=n_ctx, d_mlp=D_MLP, layer_norm=True)
+        heads = plan(n_layers, n_heads, rng)
+        queries = [END, *MARKERS]
+        readouts = sorted({h.readout for h in heads if h.recipe == "mover"} - {"out"})
+        layout = ResidualLayout({"tok": VOCAB, "const": 1, "flag": 1, "query": len(queries),
+                                 "offset": 2 * len(queries), "sink": 2, "out": VOCAB, "pos": N_CTX,
+                                 **{block: N_KEYS for block in readouts}})
+        model = PlantedModel(layout, n_layers=n_layers, n_heads=n_heads, d_head=D_HEAD,
+                             d_vocab=VOCAB, n_ctx=N_CTX, layer_norm=True)
         model.embed_tokens("tok")
-        embed_flag(model, "flag", keys)
-        embed_flag(model, "qflag", [END])
+        embed_flag(model, "const", list(range(VOCAB)))
+        embed_flag(model, "flag", keys)  # one shared "is a key" direction
         model.embed_positions("pos")
+        b = layout.basis
+        # each query token has a flag of its own, which its heads query, and a constant offset: a
+        # direction of its own (a difference of two coordinates, orthogonal to the all-ones
+        # direction, so no LayerNorm's mean subtraction spreads it onto other features) and a
+        # part along N_NONSENSE tokens' unembedding; END's nonsense tokens are fillers
+        pairs = b("offset").reshape(len(queries), 2, -1)
+        offsets = {}
+        fillers = [t for t in range(2 + N_MARKERS, VOCAB) if t not in keys]
+        for i, q in enumerate(queries):
+            nonsense = roles["nonsense"] if q == END else rng.choice(fillers, N_NONSENSE, replace=False)
+            offsets[q] = rng.uniform(*OFFSET_RANGE) * (pairs[i, 0] - pairs[i, 1]) / np.sqrt(2)
+            offsets[q] += rng.uniform(*NONSENSE_RANGE) * b("out")[list(nonsense)].sum(0)
+        carried = {q: (offset_scale if q == END else 1.0) * offsets[q] for q in queries}
+        query_flag = {q: b("query")[i] for i, q in enumerate(queries)}
+        for q in queries:
+            embed_offset(model, query_flag[q] + carried[q], [q])
+        # BOS, where every head rests, carries a large offset of its own (the "massive activation"
+        # of an attention sink): the heads' small writes while resting there barely change its
+        # LayerNorm, so a head's rest write is the same at every depth
+        sink = (b("sink")[0] - b("sink")[1]) / np.sqrt(2)
+        carried[BOS] = rng.uniform(*SINK_RANGE) * sink
+        embed_offset(model, carried[BOS], [BOS])
         model.unembed("out")
+        for block in readouts:
+            shuffled_readout(model, block, rng, AUX_READ)
 
-        mover = int(rng.integers(0, N_HEADS))
-        tok, out = layout.basis("tok"), layout.basis("out")
-        set_qk_terms(model, 0, mover, [QKTerm(layout.basis("qflag"), layout.basis("flag"), KEY_QK),
-                                       QKTerm(layout.basis("qflag"), tok[[BOS]], SINK_QK)])
-        model.set_ov(0, mover, tok[keys], out[keys], ANSWER_GAIN, offset=2)
+        # what each head sees through its LayerNorm: at a key and at BOS the embedding (no head
+        # writes there); at its query position the embedding plus the copies written there by the
+        # movers of earlier layers (they lower the LayerNorm's scale a little), so that every head,
+        # at any depth, gets the scores and the write drawn for it
+        def embedding(token: int, position: int) -> np.ndarray:
+            """What the embeddings written above put at ``position`` when ``token`` is there."""
+            x = b("tok")[token] + b("const")[0] + b("pos")[position] + carried.get(token, 0)
+            return x + (b("flag")[0] if token in keys else 0) + (query_flag[token] if token in query_flag else 0)
 
-        # the offset: added by constant neurons of m0, removed by constant neurons of the final MLP
-        nonsense = np.zeros(VOCAB)
-        nonsense[roles["nonsense"]] = NONSENSE_LOGIT
-        offset = offset_scale * offset_vector(model, {"offset": OFFSET, "out": nonsense})
-        constant = sorted(int(i) for i in rng.choice(D_MLP, size=N_CONSTANT, replace=False))
-        last = N_LAYERS - 1
-        if offset_scale:
-            add_constant_neurons(model, 0, constant, offset)
-            add_constant_neurons(model, last, constant, -offset)
-
-        for layer in range(N_LAYERS):
-            for h in range(N_HEADS):
-                if (layer, h) != (0, mover):
-                    model.add_distractor_head(layer, h, rng, read_blocks=["tok", "pos", "junk"],
-                                              write=DISTRACTOR_WRITE)
-            add_distractor_neurons(model, layer, [i for i in range(D_MLP) if i not in constant], rng,
-                                   read_blocks=["tok", "pos", "junk"], write={"junk": 0.05, "out": 0.01})
+        key_x, bos_x = embedding(keys[0], 1), embedding(BOS, 0)
+        flag_at_key = ln_coordinate(key_x, b("flag")[0])
+        tok_at_key = ln_coordinate(key_x, b("tok")[keys[0]])
+        sink_at_bos = ln_coordinate(bos_x, sink)
+        drawn = {h: (rng.uniform(*KEY_SCORE_RANGE), rng.uniform(*SINK_SCORE_RANGE), rng.uniform(*MOVE_RANGE))
+                 for h in heads}
+        written = {q: embedding(q, N_CTX - 1 if q == END else 1 + CONTEXT + MARKERS.index(q)) for q in queries}
+        for layer in range(n_layers):
+            copies = []
+            for head in (h for h in heads if h.layer == layer):
+                key_score, sink_score, move = drawn[head]
+                q_x = written[head.query]
+                set_qk_terms(model, head.layer, head.index, [
+                    QKTerm(query_flag[head.query][None], b("flag"),
+                           key_score / (ln_coordinate(q_x, query_flag[head.query]) * flag_at_key)),
+                    QKTerm(b("const"), sink[None], sink_score / (ln_coordinate(q_x, b("const")[0]) * sink_at_bos))])
+                if head.recipe == "mover":
+                    # the task's readout (the key's own logit) or the key's identity in a block of
+                    # its own, read into a shuffle of tokens
+                    write = b("out")[keys] if head.readout == "out" else b(head.readout)
+                    model.set_ov(head.layer, head.index, b("tok")[keys], write, move / tok_at_key)
+                    copies.append((head.query, move * write[0]))
+                else:  # attending to the key (weight 1 - e^-6 or more), it removes the query's offset
+                    size = np.linalg.norm(carried[head.query])
+                    direction = offsets[head.query] / np.linalg.norm(offsets[head.query])
+                    model.set_ov(head.layer, head.index, b("flag"), -direction[None], size / flag_at_key)
+            for query, copy in copies:
+                written[query] = written[query] + copy
         model.rotate(rng)
-        return model, {"answer_mover": [names.head(0, mover)]}
+        return model, {"answer_mover": [heads[0].node]}
 
     def build(self, seed: int, size: str = DEFAULT_SIZE) -> Instance:
-        self.check_size(size)
-        model, placement = self.planted(seed)
+        model, placement = self.planted(seed, size=size)
         return Instance(model=model.to_bridge(), truth=CIRCUIT.truth(placement), seed=seed, size=size)
 
     @staticmethod
     def _token_roles(seed: int) -> dict:
         rng = np.random.default_rng([seed, 2])
-        toks = rng.permutation(np.arange(2, VOCAB)).tolist()
+        toks = rng.permutation(np.arange(2 + N_MARKERS, VOCAB)).tolist()
         fillers = toks[N_KEYS:]
         return {"key": toks[:N_KEYS], "filler": fillers, "nonsense": fillers[:N_NONSENSE]}
 
     # --- prompts ------------------------------------------------------------------------------
 
     def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
-        """BOS, CONTEXT tokens (fillers and one key at a random place), END. Answer: the key; wrong:
-        another key, which the corrupted prompt holds in the key's place."""
+        """BOS, CONTEXT tokens (fillers and one key at a random place), the markers M1 … M8, END.
+        Answer: the key; wrong: another key, which the corrupted prompt holds in the key's place."""
         roles = self._token_roles(seed)
         keys, fillers = roles["key"], np.array(roles["filler"])
         rng = prompt_rng(seed, split, sample)
@@ -123,8 +280,8 @@ class TrapLensOffset(Case):
             at = int(rng.integers(0, CONTEXT))
             c, x = ctx.copy(), ctx.copy()
             c[at], x[at] = keys[i], keys[j]
-            clean.append([BOS, *c, END])
-            corrupted.append([BOS, *x, END])
+            clean.append([BOS, *c, *MARKERS, END])
+            corrupted.append([BOS, *x, *MARKERS, END])
             answer.append(keys[i])
             wrong.append(keys[j])
             where.append(at + 1)
@@ -132,7 +289,7 @@ class TrapLensOffset(Case):
             clean=torch.tensor(clean), corrupted=torch.tensor(corrupted),
             answer=torch.tensor(answer), wrong=torch.tensor(wrong),
             positions={"BOS": torch.zeros(n, dtype=torch.long), "KEY": torch.tensor(where),
-                       "END": torch.full((n,), CONTEXT + 1)},
+                       "END": torch.full((n,), N_CTX - 1)},
             variables={"key": torch.tensor([keys.index(int(a)) for a in answer])}, split=split)
 
     # --- checks -------------------------------------------------------------------------------
