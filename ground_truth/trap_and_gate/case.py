@@ -14,7 +14,7 @@ from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.models import PlantedModel, ResidualLayout
 from mibench.models.channels import plan_channels, shuffled_readout
-from mibench.models.gating import QKTerm, embed_flag, rows, set_qk_terms
+from mibench.models.gating import QKTerm, rows, set_qk_terms
 from mibench.models.norms import embed_offset
 from mibench.models.planted import random_orthogonal
 
@@ -36,13 +36,19 @@ CUE_FLAG = {"cue1_detector": 0, "cue2_detector": 1}  # rows of the "flag" block:
 # The model has LayerNorm (as the models causal tracing was designed for): Gaussian noise on an
 # embedding then shrinks every feature the norm passes on, which is how noise erases a cue.
 # Every token embeds tok (1) + a flag of size FLAG (CUE1, CUE2, BOS or "plain", so all tokens have
-# the same norm) + one (1, all but BOS) + position (1). The flag dominates the norm and every head
-# writes well below it, so the residual's norm grows little with depth: the weights that read
-# through a LayerNorm (which divides by that norm) are then about as large in the deep look-alikes
-# as in the circuit's layers 0–1. The AND heads' sink reads BOS's flag, so a noised position (noise
-# ~1/4 of FLAG per direction) never looks like BOS.
+# the same norm) + its position (1), and a balance of −(FLAG + 2) spread over BALANCE directions of
+# its own (spread, so that it adds little to the norm and to the noise), so that its coordinates
+# sum to zero; every head's write sums to zero too. The residual then never has a component along
+# the all-ones direction (which the random rotation keeps in place), LayerNorm's mean subtraction
+# changes nothing, and every read is exact (a one-hot read would otherwise pick up minus the
+# residual's mean). The embedding dominates the norm and
+# every head writes well below it, so the residual's norm grows little with depth: the weights that
+# read through a LayerNorm (which divides by that norm) are then about as large in the deep
+# look-alikes as in the circuit's layers 0–1. The AND heads' sink reads BOS's flag, so a noised
+# position (noise ~1/3 of FLAG per direction) never looks like BOS.
 FLAG = 8.0
-EMB_SQ = 1.0 + FLAG ** 2 + 1.0 + 1.0
+BALANCE = 10
+EMB_SQ = 1.0 + FLAG ** 2 + 1.0 + (FLAG + 2.0) ** 2 / BALANCE
 
 # The model runs several copies ("channels") of the AND circuit at once (README.md, "Distractors"):
 # every channel's detectors copy the same cues into their own flags, and its AND head copies X into
@@ -50,8 +56,9 @@ EMB_SQ = 1.0 + FLAG ** 2 + 1.0 + 1.0
 # the task's logits. Every role is built by the same recipe with strengths from the same ranges.
 #: detectors: attention score on p − offset
 PREV_QK_RANGE = (10.0, 14.0)
-#: detectors: size of their write, at every position: the flag "cue" or "no cue" it copies
-COPY_RANGE = (0.4, 0.6)
+#: detectors: size of the flag they write at every position, "cue" or "no cue" (each with a balance
+#: of the same size, so that it sums to zero)
+COPY_RANGE = (0.25, 0.35)
 #: AND head: score per condition flag; both flags beat the BOS sink, one does not: the sink is
 #: SINK_SHARE_RANGE × the per-flag score (1.65–1.8: both flags beat it by ≥ 20 % of a flag, ~11,
 #: so the open gate is saturated; one flag, or one restored condition beside a noised one (~1/3,
@@ -70,11 +77,11 @@ MOVER_MID, MOVER_LOGIT = 0.5, 10.0
 #: the END token's own vote for DEFAULT, as a share of the answer's logit
 DEFAULT_SHARE = 0.3
 #: how strongly the unembedding reads the other channels' writes, relative to the task's readout
-AUX_READ = 0.15
+AUX_READ = 0.1
 #: a look-alike AND head writes this share of its item copy (signed, half of them negative) where
-#: the task's readout reads it: ±0.8–2 % of the answer's logit, a small consistent effect on the
+#: the task's readout reads it: ±1.2–2.6 % of the answer's logit, a small consistent effect on the
 #: metric whenever its gate opens (as IOI's weak name movers and negative movers have)
-ECHO_RANGE = (0.008, 0.02)
+ECHO_RANGE = (0.015, 0.022)
 
 # Certificate extras.
 #: the AND head's attention on X (clean) must be at least this ...
@@ -88,20 +95,6 @@ DENOISE_ONE_MAX = 0.1
 DENOISE_HEAD_MIN = 0.8
 #: noising one condition (patching its head from the corrupted run) must lose at least this
 NOISE_ONE_MIN = 0.8
-
-
-def _off_mean(model: PlantedModel, block: str) -> None:
-    """Reflect the planted basis so that ``block`` (one direction nothing reads or writes) and the
-    all-ones direction swap places: every planted read and write is then orthogonal to the
-    all-ones direction, which ``rotate`` keeps in place, so LayerNorm's mean subtraction changes
-    nothing a head reads (a one-hot read would otherwise pick up minus the residual's mean). The
-    model is attention-only, so the embeddings, heads and unembedding are all there is to reflect."""
-    d = model.layout.d_model
-    w = model.layout.direction(block, 0) - np.ones(d) / np.sqrt(d)
-    w /= np.linalg.norm(w)
-    H = np.eye(d) - 2.0 * np.outer(w, w)  # symmetric and orthogonal: reads get H @, writes @ H
-    model.W_E, model.W_pos, model.W_O = model.W_E @ H, model.W_pos @ H, model.W_O @ H
-    model.W_Q, model.W_K, model.W_V, model.W_U = H @ model.W_Q, H @ model.W_K, H @ model.W_V, H @ model.W_U
 
 
 def _token_roles(seed: int) -> tuple[list[int], list[int]]:
@@ -132,16 +125,17 @@ class TrapAndGate(Case):
             # every role needs a look-alike (a role of its own kind would stand out); the small
             # model's planner sometimes fills its spare heads with detectors only
             channels = plan_channels(CIRCUIT, n_layers, n_heads, rng)
-        # "mean" is written by nothing: it takes the all-ones direction (``_off_mean``). Each
-        # detector writes a two-direction block; each AND head an item block and a resting one.
-        blocks = {"mean": 1, "tok": VOCAB, "one": 1, "flag": 4, "pos": N_CTX, "out": VOCAB}
+        # "bal": the embeddings' balance (see FLAG). Each detector writes a block of "cue", "no
+        # cue" and its balance; each AND head an item block (the circuit's: the task's logits,
+        # "out") and a block of its resting vector and its balance.
+        blocks = {"tok": VOCAB, "flag": 4, "pos": N_CTX, "bal": BALANCE, "out": VOCAB}
         for ch in channels:
             for role in ch.slots:
                 if role in OFFSET:
-                    blocks[ch.block(role)] = 2
+                    blocks[ch.block(role)] = 3
                 else:
-                    blocks[ch.block("rest")] = 1
-                    if not ch.is_circuit:  # the circuit's AND head writes the task's logits ("out")
+                    blocks[ch.block("rest")] = 2
+                    if not ch.is_circuit:
                         blocks[ch.block(role)] = N_ITEMS
         layout = ResidualLayout(blocks)
         d = layout.d_model
@@ -149,10 +143,10 @@ class TrapAndGate(Case):
                              d_vocab=VOCAB, n_ctx=N_CTX, layer_norm=True)
         flag = layout.basis("flag")  # rows: cue1, cue2, plain, bos
         model.embed_tokens("tok")
-        embed_flag(model, "one", [t for t in range(VOCAB) if t != BOS])
-        for t in range(VOCAB):
-            model.W_E[t] += FLAG * flag[{CUE1: 0, CUE2: 1, BOS: 3}.get(t, 2)]
+        for row, tokens in enumerate([[CUE1], [CUE2], [t for t in range(VOCAB) if t not in (CUE1, CUE2, BOS)], [BOS]]):
+            embed_offset(model, FLAG * flag[row], tokens)
         model.embed_positions("pos")
+        embed_offset(model, -(FLAG + 2.0) / BALANCE * layout.basis("bal").sum(0))  # tok + flag + position
 
         # Every head writes a vector of the same size at every position (a detector its flag for
         # "cue" or "no cue", an AND head the item or its resting vector), so the squared norm each
@@ -160,6 +154,8 @@ class TrapAndGate(Case):
         # does not change when a head is ablated: a look-alike head moves the task only through
         # what the unembedding reads of it. It is tracked as the heads are written.
         default_vote = DEFAULT_SHARE * MOVER_MID
+        # END's vote, balanced like the rest of its embedding: what it adds to END's squared norm
+        end_sq = default_vote ** 2 + ((FLAG + 2 + default_vote) ** 2 - (FLAG + 2) ** 2) / BALANCE
         sq = EMB_SQ
 
         def scale(extra: float = 0.0) -> float:  # a unit feature reads as this after the norm
@@ -176,7 +172,7 @@ class TrapAndGate(Case):
         pos = layout.basis("pos")
         for layer in range(n_layers):
             written = 0.0  # squared size of this layer's writes, seen from the next layer on
-            k, k_end = scale(), scale(default_vote ** 2)
+            k, k_end = scale(), scale(end_sq)
             for head, ch, role in by_layer[layer]:
                 if role in OFFSET:
                     o = OFFSET[role]
@@ -186,9 +182,10 @@ class TrapAndGate(Case):
                     copy = rng.uniform(*COPY_RANGE)
                     cue = CUE_FLAG[role]
                     read = np.stack([flag[cue], flag[[i for i in range(4) if i != cue]].sum(0)])
-                    model.set_ov(layer, head, read, layout.basis(ch.block(role)), gain=copy / (FLAG * k))
+                    block = layout.basis(ch.block(role))  # "cue", "no cue", balance
+                    model.set_ov(layer, head, read, block[:2] - block[2], gain=copy / (FLAG * k))
                     copies[(ch.index, role)] = copy
-                    written += copy ** 2
+                    written += 2 * copy ** 2
                 else:
                     a = rng.uniform(*AND_QK_RANGE)
                     sink = a * (rng.uniform(*SINK_SHARE_RANGE) if and_gate else 0.6)
@@ -202,7 +199,7 @@ class TrapAndGate(Case):
                           for r in OFFSET),
                         QKTerm(end, flag[[3]], (sink - rest * k_end / k) / (k_end * k * FLAG)),
                         QKTerm(end[[0, 0]], flag[:2], -CUE_AVOID * a / (k_end * k * FLAG)),
-                        QKTerm(layout.basis("one"), flag[[3]], rest / (k ** 2 * FLAG))])
+                        QKTerm(flag[:3].sum(0, keepdims=True), flag[[3]], rest / (k ** 2 * FLAG ** 2))])
                     # copies the item it attends to (BOS: its resting vector): the circuit's into the
                     # task's logits, every other one into its own block through a random rotation,
                     # so that each item moves many tokens' logits a little once read below
@@ -210,23 +207,29 @@ class TrapAndGate(Case):
                     target = rows(layout, "out", items)
                     if not ch.is_circuit:
                         share = next(signs) * rng.uniform(*ECHO_RANGE)
+                        # (the rotation keeps the all-ones direction: every item's copy has the same sum)
                         target = share * target + np.sqrt(1 - share ** 2) * \
-                            random_orthogonal(N_ITEMS, rng) @ layout.basis(ch.block(role))
-                    model.set_ov(layer, head, rows(layout, "tok", items + [BOS]),
-                                 np.vstack([target, layout.basis(ch.block("rest"))]), gain=move / k)
-                    written += move ** 2
+                            random_orthogonal(N_ITEMS, rng, keep_ones=True) @ layout.basis(ch.block(role))
+                    # each item's copy minus the items' mean: writes of equal size that sum to zero
+                    # (see FLAG); once read, one item up and all items down by 1/N_ITEMS of that. The
+                    # resting vector, as large and also summing to zero, is not read.
+                    target = target - target.mean(0)
+                    rest_block = layout.basis(ch.block("rest"))
+                    resting = np.linalg.norm(target[0]) * (rest_block[0] - rest_block[1]) / np.sqrt(2)
+                    model.set_ov(layer, head, rows(layout, "tok", items + [BOS]), np.vstack([target, resting]),
+                                 gain=move / k)
+                    written += (1 - 1 / N_ITEMS) * move ** 2
             sq += written
 
         # readouts: the task's logits read "out" (and END's vote for DEFAULT); every other
         # channel's sinks (its AND head's items, or a partial channel's detector flags) are read
         # through a shuffle of the vocabulary at AUX_READ of that scale; resting vectors are not read
-        out_scale = MOVER_LOGIT / (MOVER_MID * scale(default_vote ** 2))
+        out_scale = MOVER_LOGIT / (MOVER_MID * scale(end_sq))
         model.unembed("out", scale=out_scale)
-        embed_offset(model, default_vote * layout.basis("out")[DEFAULT], [END])
+        embed_offset(model, default_vote * (layout.basis("out")[DEFAULT] - layout.basis("bal").sum(0) / BALANCE), [END])
         for ch in channels[1:]:
             for role in ch.sinks(CIRCUIT):
                 shuffled_readout(model, ch.block(role), rng, AUX_READ * out_scale)
-        _off_mean(model, "mean")
         model.rotate(rng)
         truth = CIRCUIT.truth({role: [names.head(*slot)] for role, slot in channels[0].slots.items()})
         return Instance(model=model.to_bridge(), truth=truth, seed=seed, size=size)
