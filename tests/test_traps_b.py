@@ -3,7 +3,6 @@ each trap's own check fails once its mechanism is removed from the planted weigh
 seed the targeted technique is fooled while a robust one is not (the documented outcome)."""
 from __future__ import annotations
 
-import sys
 
 import pytest
 
@@ -62,8 +61,7 @@ def test_truths_and_targets():
     dec = prepared("trap_decodable_unused", 0)
     assert set(dec.instance.truth.targets) == {"linear_probe"}
     assert set(dec.instance.truth.sites) <= set(dec.prompts.variables)
-    unused = sys.modules[type(dec.case).__module__].UNUSED_SITE
-    assert unused not in dec.instance.truth.labels("site")
+    assert dec.case.unused_site(dec.instance.truth) not in dec.instance.truth.labels("site")
 
 
 # --- each check fails without its mechanism -----------------------------------------------------
