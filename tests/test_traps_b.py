@@ -68,8 +68,8 @@ def test_truths_and_targets():
 
 def test_ln_scale_check_fails_without_the_scale_head():
     case = load_case("trap_ln_scale")
-    model, placement = case.planted(0)
-    head = names.parse_node(placement["scale_head"][0])
+    model, truth = case.planted(0)
+    head = names.parse_node(next(n for n, role in truth.nodes.items() if role == "scale_head"))
     model.W_O[head.layer, head.index] = 0.0
     checks = _certify_edited("trap_ln_scale", model, 0)
     assert not checks["scale head total effect"].passed
