@@ -3,7 +3,6 @@ each trap's own check fails once its mechanism is removed from the planted weigh
 seed the targeted technique is fooled while a robust one is not (the documented outcome)."""
 from __future__ import annotations
 
-import sys
 
 import pytest
 
@@ -62,16 +61,15 @@ def test_truths_and_targets():
     dec = prepared("trap_decodable_unused", 0)
     assert set(dec.instance.truth.targets) == {"linear_probe"}
     assert set(dec.instance.truth.sites) <= set(dec.prompts.variables)
-    unused = sys.modules[type(dec.case).__module__].UNUSED_SITE
-    assert unused not in dec.instance.truth.labels("site")
+    assert dec.case.unused_site(dec.instance.truth) not in dec.instance.truth.labels("site")
 
 
 # --- each check fails without its mechanism -----------------------------------------------------
 
 def test_ln_scale_check_fails_without_the_scale_head():
     case = load_case("trap_ln_scale")
-    model, placement = case.planted(0)
-    head = names.parse_node(placement["scale_head"][0])
+    model, truth = case.planted(0)
+    head = names.parse_node(next(n for n, role in truth.nodes.items() if role == "scale_head"))
     model.W_O[head.layer, head.index] = 0.0
     checks = _certify_edited("trap_ln_scale", model, 0)
     assert not checks["scale head total effect"].passed

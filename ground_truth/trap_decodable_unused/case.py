@@ -1,7 +1,6 @@
 """Trap: a variable that is linearly decodable at a site the model never uses (see README.md)."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,12 +8,12 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
+from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, Truth, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.ablation import ablation_effects, cache_nodes
 from mibench.models import PlantedModel, ResidualLayout
-from mibench.models.channels import shuffled_readout
+from mibench.models.channels import random_layer_map, shuffled_readout
 from mibench.models.gating import QKTerm, embed_flag, set_qk_terms
 
 BOS, END, NOTE = 0, 1, 2
@@ -26,8 +25,6 @@ D_HEAD = 8
 #: layers × heads per size
 SHAPES = {"small": (2, 4), "medium": (6, 8)}
 CIRCUIT = Circuit.load(Path(__file__).with_name("circuit.yaml"))
-#: the site where the memo head leaves the variable for no reader on the task's path
-UNUSED_SITE = "r1@NOTE"
 
 # Every head is one recipe, a key mover, whichever channel it belongs to, with strengths drawn from
 # the same ranges (see README.md, "Distractors"). No LayerNorm: scores and writes are exact.
@@ -38,9 +35,12 @@ SINK_SCORE_RANGE = (18.0, 22.0)
 #: a mover's write: this many residual units of the key's identity (the circuit's is the answer's
 #: logit)
 MOVE_RANGE = (8.0, 12.0)
-#: how strongly the unembedding reads a look-alike mover's copy (each into its own shuffle of the
-#: vocabulary): it moves other tokens' logits (at NOTE, or at END beside the answer), not the task's
+#: how strongly the unembedding reads a look-alike mover's copy (each block into its own shuffle of the
+#: vocabulary): it moves other tokens' logits (at NOTE, or at END beside the answer), and the
+#: task's metric only when the shuffle sends a key onto the answer or the wrong key
 AUX_READ = 0.05
+#: readout blocks the look-alike movers share (keeps d_model modest at every size)
+N_READOUTS = 8
 
 # Thresholds of the trap's own checks.
 #: |metric change| / clean metric when the unused site is patched from the corrupted run
@@ -72,23 +72,21 @@ class Head:
         return names.head(self.layer, self.index)
 
 
-def plan(n_layers: int, n_heads: int, rng: np.random.Generator) -> list[Head]:
-    """Every head's query position and readout block. The circuit's mover: L0, at END, into the
-    task's "out". The memo head: another L0 head, the only one of L0 at NOTE (so no other trace of
-    the key reaches r1@NOTE). Every other head queries END (all of L0's) or, above L0, END or NOTE
-    at random. The look-alike movers of a position copy into blocks of their own; movers of
-    different positions never write at the same place, so they share blocks (block i holds the
-    i-th look-alike mover of END and of NOTE)."""
+def plan(n_layers: int, n_heads: int, layer: int, rng: np.random.Generator) -> list[Head]:
+    """Every head's query position and readout block. The circuit's mover: in ``layer``, at END,
+    into the task's "out". The memo head: another head of that layer, the only one up to it at NOTE
+    (so no other trace of the key reaches the unused site, the residual at NOTE after ``layer``).
+    Every other head queries END up to that layer, END or NOTE at random above it. The look-alike
+    movers copy into N_READOUTS blocks in turn (without a LayerNorm, movers that share a block
+    just add their predictions through the same shuffle)."""
     mover, memo = (int(h) for h in rng.choice(n_heads, size=2, replace=False))
-    heads = [Head(0, mover, END, "out"), Head(0, memo, NOTE, "read0")]
-    seen = {END: -1, NOTE: 0}
-    for layer in range(n_layers):
+    heads = [Head(layer, mover, END, "out"), Head(layer, memo, NOTE, "read0")]
+    for at in range(n_layers):
         for h in rng.permutation(n_heads).tolist():
-            if layer == 0 and h in (mover, memo):
+            if at == layer and h in (mover, memo):
                 continue
-            query = END if layer == 0 or rng.random() < 0.5 else NOTE
-            seen[query] += 1
-            heads.append(Head(layer, h, query, f"read{seen[query]}"))
+            query = END if at <= layer or rng.random() < 0.5 else NOTE
+            heads.append(Head(at, h, query, f"read{(len(heads) - 1) % N_READOUTS}"))
     return heads
 
 
@@ -105,14 +103,17 @@ class TrapDecodableUnused(Case):
     # --- model --------------------------------------------------------------------------------
 
     def planted(self, seed: int, memo: bool = True, size: str = DEFAULT_SIZE
-                ) -> tuple[PlantedModel, dict[str, list[str]], int]:
-        """The planted weights (rotated, before export), where each role sits and the memo head's
-        index. ``memo=False`` leaves the memo head out (removes the trap's mechanism), for tests."""
+                ) -> tuple[PlantedModel, Truth, int]:
+        """The planted weights (rotated, before export), the truth and the memo head's index.
+        ``memo=False`` leaves the memo head out (removes the trap's mechanism), for tests. The
+        circuit's layer is drawn, so that its depth gives nothing away; the truth's answer layer and
+        residual sites move with it (the key's own residual up to the mover, END's after it)."""
         self.check_size(size)
         n_layers, n_heads = SHAPES[size]
         rng = np.random.default_rng([seed, 0])
         keys = self._keys(seed)
-        heads = plan(n_layers, n_heads, rng)
+        layer_map = random_layer_map(CIRCUIT, n_layers, rng)
+        heads = plan(n_layers, n_heads, layer_map[0], rng)
         readouts = sorted({h.readout for h in heads} - {"out"})
         layout = ResidualLayout({"tok": VOCAB, "const": 1, "kflag": 1, "qflag": 1, "nflag": 1,
                                  "out": VOCAB, "pos": N_CTX, **{block: N_KEYS for block in readouts}})
@@ -141,17 +142,18 @@ class TrapDecodableUnused(Case):
             write = b("out")[keys] if head.readout == "out" else b(head.readout)
             model.set_ov(head.layer, head.index, b("tok")[keys], write, move)
         model.rotate(rng)
-        return model, {"answer_mover": [heads[0].node]}, heads[1].index
+        truth = CIRCUIT.truth({"answer_mover": [heads[0].node]}, layer_map=layer_map, n_layers=n_layers)
+        return model, truth, heads[1].index
 
     def build(self, seed: int, size: str = DEFAULT_SIZE) -> Instance:
-        model, placement, _ = self.planted(seed, size=size)
-        truth = CIRCUIT.truth(placement)
-        # every residual at END after the mover is on the path: circuit.yaml lists the small
-        # model's (r1@END, r2@END); a deeper model adds its own
-        n_layers = SHAPES[size][0]
-        sites = {"key": CIRCUIT.sites["key"] | {f"r{layer}@END" for layer in range(1, n_layers + 1)}}
-        truth = dataclasses.replace(truth, sites=sites)
+        model, truth, _ = self.planted(seed, size=size)
         return Instance(model=model.to_bridge(), truth=truth, seed=seed, size=size)
+
+    @staticmethod
+    def unused_site(truth: Truth) -> str:
+        """Where the memo head leaves the variable for no reader on the task's path: NOTE's residual
+        right after the circuit's layer (the memo head's)."""
+        return names.site(truth.answer_layer + 1, "NOTE")
 
     @staticmethod
     def _keys(seed: int) -> list[int]:
@@ -214,15 +216,15 @@ class TrapDecodableUnused(Case):
         moves the metric by almost nothing, and patching each truth site removes most of it."""
         model, truth = instance.model, instance.truth
         sites = sorted(truth.sites["key"])
-        effects = ablation_effects(model, prompts, [UNUSED_SITE, *sites], "corrupted", probe.metric)
+        unused = self.unused_site(truth)
+        effects = ablation_effects(model, prompts, [unused, *sites], "corrupted", probe.metric)
         clean = max(probe.full, 1e-9)
         checks = [
-            Check("unused site decodability", self.decodability(model, UNUSED_SITE, prompts,
-                                                                 instance.seed),
+            Check("unused site decodability", self.decodability(model, unused, prompts, instance.seed),
                   DECODABLE_MIN, ">=", f"test accuracy of a least-squares decoder of 'key' at "
-                                       f"{UNUSED_SITE} (chance 1/{N_KEYS})"),
-            Check("unused site patching effect", abs(effects[UNUSED_SITE]) / clean, UNUSED_EFFECT_MAX,
-                  "<=", f"|metric change| / clean metric when {UNUSED_SITE} is patched from the "
+                                       f"{unused} (chance 1/{N_KEYS})"),
+            Check("unused site patching effect", abs(effects[unused]) / clean, UNUSED_EFFECT_MAX,
+                  "<=", f"|metric change| / clean metric when {unused} is patched from the "
                         f"corrupted run"),
         ]
         for site in sites:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
+from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, Truth, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.readout import cache_residuals, decode
@@ -32,7 +32,7 @@ CONTEXT = 8  # tokens between BOS and the markers
 N_CTX = 1 + CONTEXT + N_MARKERS + 1
 D_HEAD = 8
 #: layers × heads per size
-SHAPES = {"small": (3, 4), "medium": (6, 8)}
+SHAPES = {"small": (4, 3), "medium": (6, 8)}
 CIRCUIT = Circuit.load(Path(__file__).with_name("circuit.yaml"))
 
 # Every head is one of two recipes, whichever channel it belongs to, with strengths drawn from the
@@ -95,16 +95,16 @@ class Head:
         return names.head(self.layer, self.index)
 
 
-def plan(n_layers: int, n_heads: int, rng: np.random.Generator) -> list[Head]:
-    """Every head's recipe and query position. The circuit's channel: a mover in L0 and an offset
-    remover in the final layer, both at END. The other heads: look-alike removers above L0
+def plan(n_layers: int, n_heads: int, layer: int, rng: np.random.Generator) -> list[Head]:
+    """Every head's recipe and query position. The circuit's channel: a mover in ``layer`` and an
+    offset remover in the final layer, both at END. The other heads: look-alike removers above L0
     (REMOVER_SHARE of them), each with a marker of its own whose offset it removes, and movers:
-    N_END_MOVERS of them query END, one joins each remover's marker at the same layer or below, the
-    rest join a random marker they can still read or one of their own (whose offset stays). A head
-    reads its query position before the offset there is removed, so that every head attends as
-    sharply as the circuit's."""
+    N_END_MOVERS of them query END (from ``layer`` on), one joins each remover's marker at the same
+    layer or below, the rest join a random marker they can still read or one of their own (whose
+    offset stays). A head reads its query position before the offset there is removed, so that
+    every head attends as sharply as the circuit's."""
     slots = [(layer, h) for layer in range(n_layers) for h in range(n_heads)]
-    mover0, remover0 = (0, int(rng.integers(n_heads))), (n_layers - 1, int(rng.integers(n_heads)))
+    mover0, remover0 = (layer, int(rng.integers(n_heads))), (n_layers - 1, int(rng.integers(n_heads)))
     others = [s for s in slots if s not in (mover0, remover0)]
     upper = [s for s in others if s[0] >= 1]
     n_remove = min(int(REMOVER_SHARE * len(others)), N_MARKERS, len(upper))
@@ -113,22 +113,28 @@ def plan(n_layers: int, n_heads: int, rng: np.random.Generator) -> list[Head]:
     markers = [int(m) for m in rng.permutation(MARKERS)]
     heads = [Head(*mover0, "mover", END), Head(*remover0, "remover", END)]
 
-    def take(top: int) -> tuple[int, int] | None:
-        """A mover not yet placed whose layer is at most ``top``."""
-        slot = next((s for s in order if s[0] <= top), None)
+    def take(low: int, top: int) -> tuple[int, int] | None:
+        """A mover not yet placed whose layer is in ``low`` … ``top``."""
+        slot = next((s for s in order if low <= s[0] <= top), None)
         if slot is not None:
             order.remove(slot)
         return slot
 
-    heads += [Head(*take(n_layers), "mover", END) for _ in range(N_END_MOVERS)]
+    # END's look-alikes copy the key no earlier than the circuit's mover: the answer becomes
+    # linearly decodable at END (what the tuned lens finds) in the circuit's layer, not before
+    for _ in range(N_END_MOVERS):
+        slot = take(layer, n_layers)
+        if slot is not None:
+            heads.append(Head(*slot, "mover", END))
     readable = {}  # marker -> the last layer that still sees its offset
     for slot in removers:
-        partner = take(slot[0])
+        partner = take(0, slot[0])
         if partner is None:  # nothing left to join it at this layer: the head is a mover instead
             order.append(slot)
             continue
-        readable[markers.pop()] = slot[0]
-        heads += [Head(*slot, "remover", next(reversed(readable))), Head(*partner, "mover", next(reversed(readable)))]
+        marker = markers.pop()
+        readable[marker] = slot[0]
+        heads += [Head(*slot, "remover", marker), Head(*partner, "mover", marker)]
     for slot in order:
         fits = [m for m, top in readable.items() if slot[0] <= top]
         if markers and (not fits or rng.random() < 0.3):
@@ -168,15 +174,19 @@ class TrapLensOffset(Case):
     # --- model --------------------------------------------------------------------------------
 
     def planted(self, seed: int, offset_scale: float = 1.0, size: str = DEFAULT_SIZE
-                ) -> tuple[PlantedModel, dict[str, list[str]]]:
-        """The planted weights (rotated, before export) and where each role sits.
-        ``offset_scale`` = 0 removes END's offset (the mechanism), for tests."""
+                ) -> tuple[PlantedModel, Truth]:
+        """The planted weights (rotated, before export) and the truth. ``offset_scale`` = 0
+        removes END's offset (the mechanism), for tests. The mover's layer is drawn, so that its
+        depth gives nothing away, from all but the final layer (the block that removes the offset
+        must come after the answer, or the logit lens would credit the right layer); the truth's
+        answer layer moves with it."""
         self.check_size(size)
         n_layers, n_heads = SHAPES[size]
         rng = np.random.default_rng([seed, 0])
         roles = self._token_roles(seed)
         keys = roles["key"]
-        heads = plan(n_layers, n_heads, rng)
+        layer_map = {0: int(rng.integers(n_layers - 1))}
+        heads = plan(n_layers, n_heads, layer_map[0], rng)
         queries = [END, *MARKERS]
         readouts = sorted({h.readout for h in heads if h.recipe == "mover"} - {"out"})
         layout = ResidualLayout({"tok": VOCAB, "const": 1, "flag": 1, "query": len(queries),
@@ -252,11 +262,11 @@ class TrapLensOffset(Case):
             for query, copy in copies:
                 written[query] = written[query] + copy
         model.rotate(rng)
-        return model, {"answer_mover": [heads[0].node]}
+        return model, CIRCUIT.truth({"answer_mover": [heads[0].node]}, layer_map=layer_map, n_layers=n_layers)
 
     def build(self, seed: int, size: str = DEFAULT_SIZE) -> Instance:
-        model, placement = self.planted(seed, size=size)
-        return Instance(model=model.to_bridge(), truth=CIRCUIT.truth(placement), seed=seed, size=size)
+        model, truth = self.planted(seed, size=size)
+        return Instance(model=model.to_bridge(), truth=truth, seed=seed, size=size)
 
     @staticmethod
     def _token_roles(seed: int) -> dict:

@@ -9,13 +9,13 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
+from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, Truth, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.ablation import ablation_effects
 from mibench.model.readout import direct_effects, metric_gradient
 from mibench.models import PlantedModel, ResidualLayout
-from mibench.models.channels import shuffled_readout
+from mibench.models.channels import random_layer_map, shuffled_readout
 from mibench.models.gating import QKTerm, embed_flag, set_qk_terms
 from mibench.models.norms import embed_offset
 
@@ -84,16 +84,17 @@ class Head:
         return names.head(self.layer, self.index)
 
 
-def plan(n_layers: int, n_heads: int, rng: np.random.Generator) -> list[Head]:
-    """Every head's recipe and query position. The circuit: a mover in L0 and a scale head in L1,
-    both at END. The other heads: movers in L0, and above it scale heads (SCALE_SHARE of the
-    non-circuit heads) and movers. N_END_MOVERS look-alike movers in L0–L1 query END. Each scale
+def plan(n_layers: int, n_heads: int, layer_map: dict[int, int], rng: np.random.Generator) -> list[Head]:
+    """Every head's recipe and query position. The circuit: a mover and a scale head, both at END,
+    in the layers ``layer_map`` gives circuit.yaml's 0 and 1. The other heads: movers in L0, and
+    above it scale heads (SCALE_SHARE of the non-circuit heads) and movers. N_END_MOVERS look-alike
+    movers query END, no later than the circuit's scale head. Each scale
     look-alike gets a marker of its own, whose bulk it cancels, and a mover at the same layer or
     below that queries the same marker (the prediction it sharpens); a head that queries a bulk must
     run before the bulk is cancelled. The remaining movers join a random position they can still
     read, or a marker of their own whose bulk stays."""
     slots = [(layer, h) for layer in range(n_layers) for h in range(n_heads)]
-    mover0, scale0 = (0, int(rng.integers(n_heads))), (1, int(rng.integers(n_heads)))
+    mover0, scale0 = (layer_map[0], int(rng.integers(n_heads))), (layer_map[1], int(rng.integers(n_heads)))
     others = [s for s in slots if s not in (mover0, scale0)]
     upper = [s for s in others if s[0] >= 1]
     n_scale = min(int(SCALE_SHARE * len(others)), N_MARKERS, len(upper))
@@ -166,14 +167,16 @@ class TrapLNScale(Case):
 
     # --- model --------------------------------------------------------------------------------
 
-    def planted(self, seed: int, size: str = DEFAULT_SIZE) -> tuple[PlantedModel, dict[str, list[str]]]:
-        """The planted weights (rotated, before export) and where each role sits. Tests edit the
-        returned weights to remove the mechanism."""
+    def planted(self, seed: int, size: str = DEFAULT_SIZE) -> tuple[PlantedModel, Truth]:
+        """The planted weights (rotated, before export) and the truth. Tests edit the returned
+        weights to remove the mechanism. The circuit's layers are drawn (in order), so that their
+        depth gives nothing away; the truth's answer layer moves with them."""
         self.check_size(size)
         n_layers, n_heads = SHAPES[size]
         rng = np.random.default_rng([seed, 0])
         keys = self._token_roles(seed)["key"]
-        heads = plan(n_layers, n_heads, rng)
+        layer_map = random_layer_map(CIRCUIT, n_layers, rng)
+        heads = plan(n_layers, n_heads, layer_map, rng)
         queries = [END, *MARKERS]
         carriers = [BOS, *queries]  # tokens with a bulk of their own
         readouts = sorted({h.readout for h in heads if h.recipe == "mover"} - {"out"})
@@ -232,12 +235,12 @@ class TrapLNScale(Case):
                 model.set_ov(head.layer, head.index, b("flag"), -bulk[head.query][None],
                              size_of[head.query] / flag_at_key)
         model.rotate(rng)
-        mover, scale = heads[0], heads[1]
-        return model, {"answer_mover": [mover.node], "scale_head": [scale.node]}
+        placement = {"answer_mover": [heads[0].node], "scale_head": [heads[1].node]}
+        return model, CIRCUIT.truth(placement, layer_map=layer_map, n_layers=n_layers)
 
     def build(self, seed: int, size: str = DEFAULT_SIZE) -> Instance:
-        model, placement = self.planted(seed, size)
-        return Instance(model=model.to_bridge(), truth=CIRCUIT.truth(placement), seed=seed, size=size)
+        model, truth = self.planted(seed, size)
+        return Instance(model=model.to_bridge(), truth=truth, seed=seed, size=size)
 
     @staticmethod
     def _token_roles(seed: int) -> dict:
