@@ -52,12 +52,17 @@ def test_certificate_passes(case, seed):
 
 
 def test_truths_and_targets():
+    # the circuits sit at drawn layers: the answer layer is the mover's, before the scale head's
+    # (trap_ln_scale) and before the final block, which removes the offset (trap_lens_offset)
     ln = prepared("trap_ln_scale", 0).instance.truth
-    assert sorted(ln.nodes.values()) == ["answer_mover", "scale_head"]
-    assert set(ln.targets) == {"dla"} and ln.answer_layer == 0
-    assert set(ln.labels("layer")) == {"L0", "L1"}
-    lens = prepared("trap_lens_offset", 0).instance.truth
-    assert set(lens.targets) == {"logit_lens"} and set(lens.labels("layer")) == {"L0"}
+    layer = {role: names.node_layer(node) for node, role in ln.nodes.items()}
+    assert sorted(layer) == ["answer_mover", "scale_head"]
+    assert set(ln.targets) == {"dla"} and ln.answer_layer == layer["answer_mover"] < layer["scale_head"]
+    assert set(ln.labels("layer")) == {names.layer_name(layer[r]) for r in layer}
+    lens_prep = prepared("trap_lens_offset", 0)
+    lens = lens_prep.instance.truth
+    assert set(lens.targets) == {"logit_lens"} and set(lens.labels("layer")) == {names.layer_name(lens.answer_layer)}
+    assert lens.answer_layer < names.Shape.of(lens_prep.instance.model).n_layers - 1
     dec = prepared("trap_decodable_unused", 0)
     assert set(dec.instance.truth.targets) == {"linear_probe"}
     assert set(dec.instance.truth.sites) <= set(dec.prompts.variables)
