@@ -29,8 +29,7 @@ def _module(case):
     return sys.modules[type(case).__module__]
 
 
-def _certify(case, model, placement, neurons, seed):
-    truth = case.truth(model.n_layers, placement, neurons)
+def _certify(case, model, truth, seed):
     return certify_instance(case, Instance(model=model.to_bridge(), truth=truth, seed=seed))
 
 
@@ -48,12 +47,14 @@ def test_certificate_passes(case, seed):
 
 def test_medium_certifies_seed_0(case):
     """At size medium (6 layers × 8 heads, an MLP in every block) the circuit is 1 head and 1 MLP
-    among 54 busy nodes, and its certificate still passes; the END sites up to the final residual
-    are truth there."""
+    among 54 busy nodes at drawn layers, and its certificate still passes; the TRIG residual up to
+    the detector and the END residual from there to the final one are truth."""
     prep = prepare(case, 0, size="medium")
     assert prep.certificate.passed, prep.certificate.reason()
-    assert prep.instance.truth.labels("site") == {s: "trigger" for s in
-                                                  ["r0@TRIG", *(f"r{layer}@END" for layer in range(1, 7))]}
+    truth = prep.instance.truth
+    at = names.node_layer(next(n for n, role in truth.nodes.items() if role == "trigger_detector"))
+    sites = [*(f"r{layer}@TRIG" for layer in range(at + 1)), *(f"r{layer}@END" for layer in range(at + 1, 7))]
+    assert truth.labels("site") == {s: "trigger" for s in sites}
 
 
 def test_truth_at_node_and_neuron_granularity(case):
@@ -96,7 +97,7 @@ def test_missing_truth_site_fails_site_strictness(case):
 
 
 def test_placement_moves_with_the_seed(case):
-    neuron_sets = {tuple(sorted(case.planted(s)[2])) for s in SEEDS}
+    neuron_sets = {tuple(sorted(case.planted(s)[1].neurons)) for s in SEEDS}
     assert len(neuron_sets) > 1
 
 
@@ -112,29 +113,29 @@ def test_prompts(case):
 
 
 def test_zeroing_trigger_neuron_outputs_fails(case):
-    model, placement, neurons = case.planted(0)
-    for n in neurons:
+    model, truth = case.planted(0)
+    for n in truth.neurons:
         model.W_out[1][names.parse_node(n).index] = 0.0
-    cert = _certify(case, model, placement, neurons, 0)
+    cert = _certify(case, model, truth, 0)
     assert not cert.passed
     assert {"necessity", "neuron necessity"} <= failed_checks(cert), cert.reason()
 
 
 def test_decoy_that_triggers_fails_specificity(case, monkeypatch):
     monkeypatch.setattr(_module(case), "DECOY_SHARE", 1.0)
-    model, placement, neurons = case.planted(0)
-    cert = _certify(case, model, placement, neurons, 0)
+    model, truth = case.planted(0)
+    cert = _certify(case, model, truth, 0)
     assert "specificity" in failed_checks(cert), cert.reason()
 
 
 def test_wrong_neuron_truth_fails_neuron_checks(case):
     """If the truth named distractor neurons instead, the neuron checks would catch it."""
-    model, placement, neurons = case.planted(0)
-    real = {names.parse_node(n).index for n in neurons}
+    model, truth = case.planted(0)
+    real = {names.parse_node(n).index for n in truth.neurons}
     fake = {names.neuron(1, i): "trigger_neuron" for i in range(32) if i not in real}
-    fake = dict(list(fake.items())[:len(neurons)])
+    fake = dict(list(fake.items())[:len(truth.neurons)])
     instance = Instance(model=model.to_bridge(), seed=0,
-                        truth=case.truth(model.n_layers, placement, fake))
+                        truth=dataclasses.replace(truth, neurons=fake))
     prompts = case.prompts(case.n_prompts, 0, "test")
     ablator = Ablator(instance.model, prompts, case.task_metric(prompts), seed=0)
     failed = {c.name for c in case.extra_checks(instance, prompts, ablator) if not c.passed}

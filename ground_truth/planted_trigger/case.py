@@ -2,7 +2,6 @@
 fill every head and MLP (see README.md beside this file)."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.ablation import node_values, run_with_values
 from mibench.models import PlantedModel, ResidualLayout
-from mibench.models.channels import shuffled_readout
+from mibench.models.channels import random_layer_map, shuffled_readout
 from mibench.models.mlp import set_threshold_neurons
 
 BOS, END = 0, 1
@@ -24,7 +23,7 @@ CONTEXT = 10  # tokens between BOS and END; exactly one is a trigger (clean) or 
 D_HEAD = 16
 #: (n_layers, n_heads, d_mlp) per size. An MLP holds d_mlp / N_PAIRS key→value groups (one neuron
 #: per trigger), more than a layer has heads, so that every head can feed a group of its own
-#: block's MLP (m1 also holds the circuit's group; see ``_feeds``)
+#: block's MLP (the circuit's MLP also holds the circuit's group; see ``_feeds``)
 SHAPES = {"small": (2, 4, 32), "medium": (6, 8, 40)}
 CIRCUIT = Circuit.load(Path(__file__).with_name("circuit.yaml"))
 
@@ -53,7 +52,7 @@ VALUE_RANGE = (6.0, 10.0)
 #: how strongly the unembedding reads the other channels' neurons (their values are random
 #: directions of a shared block, read through a shuffle of the vocabulary): every logit moves a
 #: little, so each distractor nudges the task metric by a small non-zero amount
-AUX_READ = 0.04
+AUX_READ = 0.03
 DEFAULT_LOGIT = 3.0  # the END token's own (bigram) vote for the default answer
 
 # Thresholds of the case's own checks.
@@ -75,15 +74,15 @@ class PlantedTrigger(Case):
     circuit = CIRCUIT
     tier = "planted"
     sizes = tuple(SHAPES)
-    description = ("a detector head (L0) finds a trigger token in context; threshold MLP neurons "
-                   "(L1) then output the target instead of the default; a look-alike decoy does "
-                   "not; every other head and neuron group is a look-alike trigger channel")
+    description = ("a detector head finds a trigger token in context; threshold MLP neurons of a "
+                   "later block then output the target instead of the default; a look-alike decoy "
+                   "does not; every other head and neuron group is a look-alike trigger channel")
 
     # --- model --------------------------------------------------------------------------------
 
-    def planted(self, seed: int, size: str = DEFAULT_SIZE) -> tuple[PlantedModel, dict[str, list[str]], dict[str, str]]:
-        """The planted weights (before export), where each role sits and the neuron truth;
-        ``build`` exports them. Tests edit the weights here to remove a mechanism."""
+    def planted(self, seed: int, size: str = DEFAULT_SIZE) -> tuple[PlantedModel, Truth]:
+        """The planted weights (before export) and the truth; ``build`` exports them. Tests edit
+        the weights here to remove a mechanism."""
         self.check_size(size)
         n_layers, n_heads, d_mlp = SHAPES[size]
         rng = np.random.default_rng([seed, 0])
@@ -105,8 +104,10 @@ class PlantedTrigger(Case):
         shuffled_readout(model, "aux", rng, AUX_READ)
 
         n_groups = d_mlp // N_PAIRS
-        detector = (0, int(rng.integers(n_heads)))
-        trigger_group = (1, int(rng.integers(n_groups)))
+        # the circuit's layers are drawn (in order) so that its depth gives nothing away
+        layer_map = random_layer_map(CIRCUIT, n_layers, rng)
+        detector = (layer_map[0], int(rng.integers(n_heads)))
+        trigger_group = (layer_map[1], int(rng.integers(n_groups)))
         feeds = self._feeds(rng, n_layers, n_heads, n_groups, detector, trigger_group)
         # each MLP's neurons, shuffled and cut into groups of N_PAIRS (group g, neuron i: trigger i)
         groups = [rng.permutation(d_mlp).reshape(-1, N_PAIRS).tolist() for _ in range(n_layers)]
@@ -128,30 +129,24 @@ class PlantedTrigger(Case):
                 if (mlp_layer, g) == trigger_group:
                     write = value * out_targets
                 else:
+                    # (centred over the group: whichever trigger fires, the group adds nothing on
+                    # average to any one token, so the groups' writes do not pile up on a token
+                    # such as the default answer when many of them are patched together)
                     directions = rng.standard_normal((N_PAIRS, VOCAB))
+                    directions -= directions.mean(0)
                     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
                     write = value * directions @ layout.basis("aux")
                 set_threshold_neurons(model, mlp_layer, groups[mlp_layer][g], feat / copy, write,
                                       NEURON_THRESHOLD, rng.uniform(*NEURON_GAIN_RANGE))
         model.rotate(rng)
-        placement = {"trigger_detector": [names.head(*detector)], "trigger_neuron": [names.mlp(1)]}
-        neurons = {names.neuron(1, i): "trigger_neuron" for i in groups[1][trigger_group[1]]}
-        return model, placement, neurons
+        mlp_layer, group = trigger_group
+        placement = {"trigger_detector": [names.head(*detector)], "trigger_neuron": [names.mlp(mlp_layer)]}
+        neurons = {names.neuron(mlp_layer, i): "trigger_neuron" for i in groups[mlp_layer][group]}
+        return model, CIRCUIT.truth(placement, neurons=neurons, layer_map=layer_map, n_layers=n_layers)
 
     def build(self, seed: int, size: str = DEFAULT_SIZE) -> Instance:
-        model, placement, neurons = self.planted(seed, size)
-        return Instance(model=model.to_bridge(), seed=seed, size=size,
-                        truth=self.truth(model.n_layers, placement, neurons))
-
-    @staticmethod
-    def truth(n_layers: int, placement: dict[str, list[str]], neurons: dict[str, str]) -> Truth:
-        """circuit.yaml's truth for a model of ``n_layers``: the yaml lists the END residual after
-        the trigger neurons up to the largest size's final one; a smaller model has only the
-        first of them."""
-        truth = CIRCUIT.truth(placement, neurons=neurons)
-        sites = {variable: frozenset(s for s in sites if names.parse_site(s)[0] <= n_layers)
-                 for variable, sites in truth.sites.items()}
-        return dataclasses.replace(truth, sites=sites)
+        model, truth = self.planted(seed, size)
+        return Instance(model=model.to_bridge(), seed=seed, size=size, truth=truth)
 
     @staticmethod
     def _feeds(rng: np.random.Generator, n_layers: int, n_heads: int, n_groups: int, detector: tuple[int, int],

@@ -13,7 +13,7 @@ from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.models import PlantedModel, ResidualLayout
-from mibench.models.channels import plan_channels, shuffled_readout
+from mibench.models.channels import plan_channels, random_layer_map, shuffled_readout
 from mibench.models.gating import QKTerm, rows, set_qk_terms
 from mibench.models.norms import embed_offset
 from mibench.models.planted import random_orthogonal
@@ -120,11 +120,13 @@ class TrapAndGate(Case):
         n_layers, n_heads = SHAPES[size]
         rng = np.random.default_rng([seed, 0])
         items, _ = _token_roles(seed)
-        channels = plan_channels(CIRCUIT, n_layers, n_heads, rng)
+        # the circuit's layers are drawn (in order) so that its depth gives nothing away
+        layer_map = random_layer_map(CIRCUIT, n_layers, rng)
+        channels = plan_channels(CIRCUIT, n_layers, n_heads, rng, layer_map=layer_map)
         while not any("and_mover" in ch.slots for ch in channels[1:]):
             # every role needs a look-alike (a role of its own kind would stand out); the small
             # model's planner sometimes fills its spare heads with detectors only
-            channels = plan_channels(CIRCUIT, n_layers, n_heads, rng)
+            channels = plan_channels(CIRCUIT, n_layers, n_heads, rng, layer_map=layer_map)
         # "bal": the embeddings' balance (see FLAG). Each detector writes a block of "cue", "no
         # cue" and its balance; each AND head an item block (the circuit's: the task's logits,
         # "out") and a block of its resting vector and its balance.
@@ -231,7 +233,8 @@ class TrapAndGate(Case):
             for role in ch.sinks(CIRCUIT):
                 shuffled_readout(model, ch.block(role), rng, AUX_READ * out_scale)
         model.rotate(rng)
-        truth = CIRCUIT.truth({role: [names.head(*slot)] for role, slot in channels[0].slots.items()})
+        truth = CIRCUIT.truth({role: [names.head(*slot)] for role, slot in channels[0].slots.items()},
+                              layer_map=layer_map, n_layers=n_layers)
         return Instance(model=model.to_bridge(), truth=truth, seed=seed, size=size)
 
     def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
