@@ -17,7 +17,7 @@ from mibench.model.readout import direct_effects, metric_gradient
 from mibench.models import PlantedModel, ResidualLayout
 from mibench.models.channels import random_layer_map, shuffled_readout
 from mibench.models.gating import QKTerm, embed_flag, set_qk_terms
-from mibench.models.norms import embed_offset
+from mibench.models.norms import embed_offset, ln_coordinate
 
 BOS, END = 0, 1
 #: marker tokens M1 … M24 sit between the context and END, in this order, in every prompt: the
@@ -140,13 +140,6 @@ def plan(n_layers: int, n_heads: int, layer_map: dict[int, int], rng: np.random.
             h = Head(h.layer, h.index, h.recipe, h.query, f"read{seen[h.query]}")
         out.append(h)
     return out
-
-
-def ln_coordinate(x: np.ndarray, direction: np.ndarray) -> float:
-    """The coordinate along ``direction`` of LayerNorm(x) (unit weight, no bias), in the planted
-    basis: what a head reading ``direction`` sees at a position whose residual is ``x``."""
-    centred = x - x.mean()
-    return float(centred @ direction / np.sqrt((centred ** 2).mean() + 1e-5))
 
 
 class TrapLNScale(Case):

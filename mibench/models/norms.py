@@ -87,3 +87,10 @@ def calibrate_head_gain(model: PlantedModel, layer: int, head: int, tokens, posi
     factor = target / measured
     model.W_O[layer, head] *= factor
     return factor
+
+
+def ln_coordinate(x: np.ndarray, direction: np.ndarray) -> float:
+    """The coordinate along ``direction`` of LayerNorm(x) (unit weight, no bias), in the planted
+    basis: what a head reading ``direction`` sees at a position whose residual is ``x``."""
+    centred = x - x.mean()
+    return float(centred @ direction / np.sqrt((centred ** 2).mean() + 1e-5))
