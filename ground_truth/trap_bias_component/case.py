@@ -1,5 +1,5 @@
 """Trap: constant bias components (see README.md beside this file). Zero ablation flags the bias
-components (a BOS-sink head and m1's constant neuron) as essential; mean / resample ablation and
+components (a BOS-sink head and an MLP's constant neuron) as essential; mean / resample ablation and
 counterfactual patching find them irrelevant, because their output is the same on every prompt.
 Every head and MLP neuron is a look-alike marker, detector, mover, sink or constant neuron."""
 from __future__ import annotations
@@ -16,6 +16,7 @@ from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.ablation import node_values
 from mibench.models import PlantedModel, ResidualLayout
+from mibench.models.channels import random_layer_map
 from mibench.models.gating import constant_term, embed_flag, rows, set_qk_terms
 
 CIRCUIT = Circuit.load(Path(__file__).with_name("circuit.yaml"))
@@ -42,16 +43,18 @@ SINK_QK = (10.0, 14.0)
 #: the unembedding reads each channel's offset direction at this scale, so a constant neuron's
 #: write (READ x WRITE, 1 to 2.4) moves a logit by 8 to 19
 OFFSET_READ = 8.0
-#: the sink head's offset on its channel's default logit (the channel's other bias is its m1
-#: constant neuron): larger than the answer's logit, so zeroing it costs more than any circuit node
+#: the sink head's offset on its channel's default logit (the channel's other bias is
+#: its constant neuron): larger than the answer's logit, so zeroing it costs more than any circuit node
 SINK_OFFSET = (13.0, 16.0)
 #: clean logit of DEFAULT before the movers write: the END token's prior minus the two offsets
 MARGIN = 2.0
 #: distractor channels are read into filler tokens' logits at this scale …
 AUX_READ = 0.3
 #: … and a distractor mover's item block into its item's own logit at a signed scale that makes
-#: resample-ablating that mover move the metric by this share of the circuit's span: the noise floor
-NOISE_SHARE = (0.005, 0.012)
+#: resample-ablating that mover move the metric by this share of the circuit's span: the noise floor.
+#: Smaller at medium, where an MLP hosts ~8 detectors and resample-ablating it moves all their movers
+#: at once (at the small share, up to 0.050 of the span on seeds 0-19: the strictness threshold)
+NOISE_SHARE = {"small": (0.005, 0.012), "medium": (0.003, 0.008)}
 #: a detector's flag that no mover reads is read into one filler's logit at this scale (~3 at X)
 MARKED_READ = 3.0
 
@@ -81,22 +84,27 @@ class Plan:
     movers: list[tuple[int, int]] = field(default_factory=list)  # v -> head
     reads: list[int] = field(default_factory=list)  # v -> the marker channel whose detector it reads
     queries: list[int] = field(default_factory=list)  # v -> MLP layer of its query constant
-    #: (MLP layer, mover channel) of each offset constant; the first is the circuit's, in m1
+    #: (MLP layer, mover channel) of each offset constant; the first is the circuit's bias neuron
     offsets: list[tuple[int, int]] = field(default_factory=list)
     sink: tuple[int, int] = (0, 0)  # the circuit's BOS-sink head (an offset on DEFAULT)
 
 
-def plan_roles(n_layers: int, n_heads: int, d_mlp: int, rng: np.random.Generator) -> Plan:
-    """Fill every head and MLP neuron. The circuit: marker (L0) → detector (m0) → mover (L1), its
-    query constant in m0, its offsets in a sink head (anywhere) and a constant neuron in m1. The
-    other heads are markers and movers in about equal numbers (layer-0 heads can only be markers);
-    each MLP hosts as many detectors as the others (±1), each mover reads a detector below it and a
+def plan_roles(n_layers: int, n_heads: int, d_mlp: int, layer_map: dict[int, int],
+               rng: np.random.Generator) -> Plan:
+    """Fill every head and MLP neuron. The circuit at the drawn layers of ``layer_map``
+    (circuit.yaml layer -> model layer): marker (La) → detector (ma) → mover (Lb), its query
+    constant in ma, its offsets in a sink head (anywhere) and a constant neuron of a random MLP
+    other than ma (the bias MLP). The other heads are markers and movers in about equal numbers
+    (layer-0 heads can only be markers); each MLP hosts as many detectors as the others (±1), each mover reads a detector below it and a
     query constant below it, and every MLP's remaining neurons are offset constants of random
     channels, so every MLP holds the same mixture (constant-ish and prompt-dependent neurons)."""
+    low, high = layer_map[0], layer_map[1]
+    bias_mlp = int(rng.choice([layer for layer in range(n_layers) if layer != low]))
     for _ in range(1000):
         slots = [(layer, int(h)) for layer in range(n_layers) for h in rng.permutation(n_heads)]
-        plan = Plan(markers=[slots[0]], detectors=[0], movers=[slots[n_heads]], reads=[0], queries=[0])
-        free = [s for s in slots if s not in (slots[0], slots[n_heads])]
+        marker, mover = slots[low * n_heads], slots[high * n_heads]
+        plan = Plan(markers=[marker], detectors=[low], movers=[mover], reads=[0], queries=[low])
+        free = [s for s in slots if s not in (marker, mover)]
         plan.sink = free.pop(int(rng.integers(len(free))))
         bottom = [s for s in free if s[0] == 0]
         upper = [free[i] for i in rng.permutation(len(free)) if free[i][0] > 0]
@@ -106,7 +114,7 @@ def plan_roles(n_layers: int, n_heads: int, d_mlp: int, rng: np.random.Generator
         # detectors: the highest markers first, each to a random MLP at or above it with room
         quota = [len(plan.markers) // n_layers + (i < len(plan.markers) % n_layers)
                  for i in rng.permutation(n_layers)]
-        quota[0] -= 1  # the circuit's detector
+        quota[low] -= 1  # the circuit's detector
         plan.detectors += [-1] * (len(plan.markers) - 1)
         for m in sorted(range(1, len(plan.markers)), key=lambda m: -plan.markers[m][0]):
             room = [layer for layer in range(plan.markers[m][0], n_layers) if quota[layer] > 0]
@@ -119,8 +127,8 @@ def plan_roles(n_layers: int, n_heads: int, d_mlp: int, rng: np.random.Generator
         # movers: a detector strictly below (the least read first) and a query constant below
         n_reads = [1] + [0] * (len(plan.markers) - 1)
         load = [plan.detectors.count(layer) for layer in range(n_layers)]
-        load[0] += 1  # the circuit's query constant
-        load[1] += 1  # the circuit's m1 offset
+        load[low] += 1  # the circuit's query constant
+        load[bias_mlp] += 1  # the circuit's offset neuron
         ok = True
         for layer, _ in plan.movers[1:]:
             below = [m for m in range(len(plan.markers)) if plan.detectors[m] < layer]
@@ -137,7 +145,7 @@ def plan_roles(n_layers: int, n_heads: int, d_mlp: int, rng: np.random.Generator
             load[q] += 1
         if not ok or max(load) > d_mlp:
             continue
-        plan.offsets = [(1, 0)] + [(layer, int(rng.integers(1, len(plan.movers))))
+        plan.offsets = [(bias_mlp, 0)] + [(layer, int(rng.integers(1, len(plan.movers))))
                                               for layer in range(n_layers) for _ in range(d_mlp - load[layer])]
         return plan
     raise ValueError(f"cannot place the roles on a {n_layers}x{n_heads} model with {d_mlp} neurons per MLP")
@@ -145,21 +153,22 @@ def plan_roles(n_layers: int, n_heads: int, d_mlp: int, rng: np.random.Generator
 
 class TrapBiasComponent(Case):
     name = "trap_bias_component"
-    version = "2"
+    version = "3"
     circuit = CIRCUIT
     tier = "trap"
     sizes = tuple(SHAPES)
     description = ("a marker head, a detector MLP and a mover copy the marked item; a BOS-sink head "
-                   "and m1 write a constant bias the model relies on: zero ablation calls them essential")
+                   "and an MLP write a constant bias the model relies on: zero ablation calls them essential")
 
     def planted(self, seed: int, size: str = DEFAULT_SIZE, *, bias: bool = True):
-        """The planted weights, the role placement and the bias components. ``bias=False`` removes
-        the trap's mechanism: the sink head and m1's offset neuron write nothing and the END token's
-        prior is lowered by what they wrote (the same logits, without the bias components)."""
+        """The planted weights, the truth and the bias components. ``bias=False`` removes the
+        trap's mechanism: the sink head and the bias MLP's offset neuron write nothing and the END
+        token's prior is lowered by what they wrote (the same logits, without the bias components)."""
         n_layers, n_heads, d_mlp = SHAPES[size]
         rng = np.random.default_rng([seed, 0])
         items, fillers = _token_roles(seed)
-        plan = plan_roles(n_layers, n_heads, d_mlp, rng)
+        layer_map = random_layer_map(CIRCUIT, n_layers, rng)
+        plan = plan_roles(n_layers, n_heads, d_mlp, layer_map, rng)
         n_m, n_v = len(plan.markers), len(plan.movers)
         sfx = lambda i: "" if i == 0 else f"@{i}"  # noqa: E731  channel 0 keeps the plain name
         layout = ResidualLayout({
@@ -205,10 +214,10 @@ class TrapBiasComponent(Case):
         # constants: read the "not BOS" flag, so they fire at the same level at every position
         one = layout.direction("one", 0)
         query = [neuron(q, one, 0.0, layout.direction(f"query{sfx(v)}", 0)) for v, q in enumerate(plan.queries)]
-        # the circuit's m1 offset (first) lowers DEFAULT's logit by its level × OFFSET_READ
+        # the circuit's offset neuron (first) lowers DEFAULT's logit by its level × OFFSET_READ
         offsets = [neuron(layer, one, 0.0, -layout.direction(f"default{sfx(v)}", 0) * (bias or i > 0))
                    for i, (layer, v) in enumerate(plan.offsets)]
-        m1_offset = offsets[0] * OFFSET_READ
+        bias_offset = offsets[0] * OFFSET_READ
         # movers: the query constant meets the detector's flag (and a BOS sink); copy the item
         span = None
         signs = rng.permutation([1.0, -1.0] * (n_v // 2) + [1.0] * (n_v % 2))
@@ -223,24 +232,26 @@ class TrapBiasComponent(Case):
                 span = gain
                 continue
             model.unembed(f"out{sfx(v)}", [int(t) for t in rng.permutation(fillers)[:N_ITEMS]], scale=AUX_READ)
-            model.unembed(f"out{sfx(v)}", items, scale=signs[v] * rng.uniform(*NOISE_SHARE) * span / gain)
+            model.unembed(f"out{sfx(v)}", items, scale=signs[v] * rng.uniform(*NOISE_SHARE[size]) * span / gain)
             model.unembed(f"default{sfx(v)}", [int(rng.choice(fillers))], scale=AUX_READ * OFFSET_READ)
         # the sink head: every position attends BOS and writes the circuit's second offset
         sink_offset = rng.uniform(*SINK_OFFSET)
         set_qk_terms(model, *plan.sink, [constant_term(layout, "one", "bos", rng.uniform(*SINK_QK))])
         model.set_ov(*plan.sink, rows(layout, "bos"), -rows(layout, "default"),
                      gain=sink_offset / OFFSET_READ if bias else 0.0)
-        prior = MARGIN + (sink_offset + m1_offset if bias else 0.0)
+        prior = MARGIN + (sink_offset + bias_offset if bias else 0.0)
         embed_flag(model, "default", [END], scale=prior / OFFSET_READ)
         model.rotate(rng)
-        placement = {"marker": [names.head(*plan.markers[0])], "detector": [names.mlp(0)],
+        placement = {"marker": [names.head(*plan.markers[0])], "detector": [names.mlp(plan.detectors[0])],
                      "mover": [names.head(*plan.movers[0])]}
-        return model, placement, {names.head(*plan.sink): "sink head", names.mlp(1): "m1 offset neuron"}
+        truth = CIRCUIT.truth(placement, layer_map=layer_map, n_layers=n_layers)
+        bias_mlp = names.mlp(plan.offsets[0][0])
+        return model, truth, {names.head(*plan.sink): "sink head", bias_mlp: f"{bias_mlp}'s offset neuron"}
 
     def build(self, seed: int, size: str = DEFAULT_SIZE, *, bias: bool = True) -> Instance:
         self.check_size(size)
-        model, placement, _ = self.planted(seed, size, bias=bias)
-        return Instance(model=model.to_bridge(), truth=CIRCUIT.truth(placement), seed=seed, size=size)
+        model, truth, _ = self.planted(seed, size, bias=bias)
+        return Instance(model=model.to_bridge(), truth=truth, seed=seed, size=size)
 
     def bias_components(self, seed: int, size: str = DEFAULT_SIZE) -> list[str]:
         """The trap's bias components for ``seed`` (for tests and the certificate)."""
