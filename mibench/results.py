@@ -19,7 +19,7 @@ from typing import Any
 
 from mibench import __version__, metrics
 from mibench.files import write_atomically
-from mibench.api import MibenchError
+from mibench.api import DEFAULT_SIZE, MibenchError
 
 SCHEMA_VERSION = 4  # 2: provenance (commit, run time, Python / torch / transformer-lens versions); 3: prompt_sample; 4: size
 STATUSES = ("ok", "error", "skipped", "uncertified")
@@ -90,7 +90,7 @@ class RunRecord:
     n_prompts: int = 0
     n_train_prompts: int = 0
     prompt_sample: int = 0  # which independent prompt sample of the instance (0: the main tables')
-    size: str = "small"  # which model size of the case (mibench.api.SIZES)
+    size: str = DEFAULT_SIZE  # which model size of the case (mibench.api.SIZES)
     runtime_s: float = 0.0
     forward_passes: float = 0.0
     backward_passes: float = 0.0
@@ -136,7 +136,7 @@ def _clean(value: Any) -> Any:
 
 
 def result_path(root: str | Path, technique: str, case: str, seed: int, sample: int = 0,
-                size: str = "small") -> Path:
+                size: str = DEFAULT_SIZE) -> Path:
     """``{root}/{technique}/{case}/{size}/seed{seed}.json``; other prompt samples
     ``seed{seed}-prompts{j}.json``."""
     name = f"seed{seed}.json" if not sample else f"seed{seed}-prompts{sample}.json"

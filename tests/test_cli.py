@@ -16,7 +16,7 @@ def _cli(*args, cwd=None):
 
 def test_run_json_prints_one_ok_record_per_seed(tmp_path):
     code, out, err = _cli("run", "--technique", "activation_patching", "--case", "induction",
-                          "--seeds", "0-4", "--json", "--results", str(tmp_path))
+                          "--seeds", "0-4", "--size", "small", "--json", "--results", str(tmp_path))
     assert code == 0, err
     runs = [json.loads(line) for line in out.splitlines()]
     assert len(runs) == 5 and all(r["status"] == "ok" for r in runs)
@@ -47,7 +47,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
 
 def test_broken_adapter_file_is_a_one_line_error(fixture_technique, capsys):
     assert main(["run", "--technique", fixture_technique("syntax_error"), "--case", "induction",
-                 "--seeds", "0"]) == 2
+                 "--seeds", "0", "--size", "small"]) == 2
     err = capsys.readouterr().err
     assert "cannot import" in err and "SyntaxError" in err and len(err.strip().splitlines()) == 1
 
@@ -56,7 +56,7 @@ def test_failing_techniques_are_recorded_and_others_finish(tmp_path, fixture_tec
     techniques = ",".join([fixture_technique(n) for n in ("raises", "returns_nan", "unknown_names",
                                                            "mutates_weights")] + ["dla"])
     code, out, err = _cli("run", "--technique", techniques, "--case", "induction", "--seeds", "0",
-                          "--json", "--results", str(tmp_path))
+                          "--size", "small", "--json", "--results", str(tmp_path))
     assert code == 1  # some runs errored
     runs = {r["technique"]: r for r in map(json.loads, out.splitlines())}
     assert runs["dla"]["status"] == "ok"
@@ -76,12 +76,12 @@ def test_list_and_leaderboard(tmp_path):
     assert code == 0 and "induction" in out and "planted" in out
     results = tmp_path / "results"
     assert _cli("run", "--technique", "dla,random", "--case", "induction", "--seeds", "0-1",
-                "--results", str(results))[0] == 0
-    code, out, err = _cli("leaderboard", "--results", str(results), "--out", str(tmp_path))
+                "--size", "small", "--results", str(results))[0] == 0
+    code, out, err = _cli("leaderboard", "--results", str(results), "--out", str(tmp_path), "--size", "small")
     assert code == 0, err
     first = (tmp_path / "LEADERBOARD.md").read_text()
     assert "| dla" in first and "induction" in first
-    _cli("leaderboard", "--results", str(results), "--out", str(tmp_path))
+    _cli("leaderboard", "--results", str(results), "--out", str(tmp_path), "--size", "small")
     assert (tmp_path / "LEADERBOARD.md").read_text() == first  # byte-identical regeneration
 
 
@@ -142,6 +142,7 @@ def test_report_reads_through_the_schema_check(tmp_path, capsys):
     path = write_record(tmp_path, RunRecord(technique="dla", case="induction", seed=0,
                                             granularity="node", status="ok"))
     path.write_text(json.dumps({**json.loads(path.read_text()), "schema_version": 1}))
-    assert main(["report", "--technique", "dla", "--case", "induction", "--results", str(tmp_path)]) == 2
+    assert main(["report", "--technique", "dla", "--case", "induction", "--size", "small",
+                 "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert str(path) in err and f"schema_version 1, expected {SCHEMA_VERSION}" in err and len(err.splitlines()) == 1

@@ -58,7 +58,7 @@ def test_an_added_metric_shows_up_everywhere(tmp_path, monkeypatch, capsys):
     results = tmp_path / "results"
 
     assert main(["run", "--technique", "random", "--case", "induction", "--seeds", "0",
-                 "--results", str(results), "--no-progress"]) == 0
+                 "--size", "small", "--results", str(results), "--no-progress"]) == 0
     header, _, *rows = capsys.readouterr().out.splitlines()
     assert "truth share" in header and "faithful. (cf)" in header  # random runs at node, edge, layer
     records = {r.technique: r for r in load_records(results)[0]}
@@ -68,14 +68,15 @@ def test_an_added_metric_shows_up_everywhere(tmp_path, monkeypatch, capsys):
     assert records["random"].summary()["truth_share"] == value
 
     assert main(["run", "--technique", "random@node", "--case", "induction", "--seeds", "0", "--json",
-                 "--results", str(tmp_path / "again"), "--no-progress"]) == 0
+                 "--size", "small", "--results", str(tmp_path / "again"), "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)["truth_share"] == value
 
-    assert main(["report", "--technique", "random", "--case", "induction", "--results", str(results)]) == 0
+    assert main(["report", "--technique", "random", "--case", "induction", "--size", "small",
+                 "--results", str(results)]) == 0
     assert f"truth share {value:.3f}" in capsys.readouterr().out
 
     out = tmp_path / "board"
-    assert main(["leaderboard", "--results", str(results), "--out", str(out)]) == 0
+    assert main(["leaderboard", "--results", str(results), "--out", str(out), "--size", "small"]) == 0
     board = (out / "LEADERBOARD.md").read_text()
     assert "- **truth share** (`truth_share`, lower is better): share of the components" in board
     overall = board.split("## Overall")[1].split("##")[0]

@@ -23,7 +23,7 @@ def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     proc = subprocess.run([sys.executable, "-m", "mibench.cli.main", "run", "--technique",
                            "activation_patching,attribution_patching,dla,random", "--case", "induction,ioi", "--seeds", "0-1",
-                           "--results", str(root), "--no-progress"], capture_output=True, text=True)
+                           "--size", "small", "--results", str(root), "--no-progress"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     return root
 
@@ -93,7 +93,7 @@ def test_browser_renders_the_report(results, tmp_path):
 
 def test_drill_down(results):
     proc = subprocess.run([sys.executable, "-m", "mibench.cli.main", "report", "--technique", "dla",
-                           "--case", "ioi", "--seed", "1", "--results", str(results)],
+                           "--case", "ioi", "--seed", "1", "--size", "small", "--results", str(results)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     for text in ("Ranked components", "name_mover", "◀ truth", "Missed truth components",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mibench.api import DEFAULT_SIZE, SIZES, MibenchError
+from mibench.api import LEADERBOARD_SIZE, SIZES, MibenchError
 
 HELP = "write LEADERBOARD.md and report.html from the stored results"
 
@@ -13,8 +13,8 @@ def add_arguments(parser) -> None:
 
     parser.add_argument("--results", default=DEFAULT_RESULTS, help=f"results folder (default: {DEFAULT_RESULTS})")
     parser.add_argument("--out", default="leaderboard", help="output folder (default: leaderboard)")
-    parser.add_argument("--size", choices=SIZES, default=DEFAULT_SIZE,
-                        help=f"the model size whose results to show (default: {DEFAULT_SIZE})")
+    parser.add_argument("--size", choices=SIZES, default=LEADERBOARD_SIZE,
+                        help=f"the model size whose results to show (default: {LEADERBOARD_SIZE})")
 
 
 def main(args) -> int:

@@ -6,7 +6,7 @@ HELP = "print one run in detail: ranked components, failures, certificate"
 
 
 def add_arguments(parser) -> None:
-    from mibench.api import DEFAULT_SIZE, SIZES
+    from mibench.api import LEADERBOARD_SIZE, SIZES
     from mibench.cli.common import DEFAULT_RESULTS
 
     parser.add_argument("--technique", required=True, help="technique label, e.g. dla or causal_tracing@site")
@@ -14,8 +14,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     parser.add_argument("--prompt-sample", type=int, default=0,
                         help="which prompt sample of the instance (default: 0)")
-    parser.add_argument("--size", choices=SIZES, default=DEFAULT_SIZE,
-                        help=f"model size of the run (default: {DEFAULT_SIZE})")
+    parser.add_argument("--size", choices=SIZES, default=LEADERBOARD_SIZE,
+                        help=f"model size of the run (default: {LEADERBOARD_SIZE})")
     parser.add_argument("--results", default=DEFAULT_RESULTS, help=f"results folder (default: {DEFAULT_RESULTS})")
     parser.add_argument("--top", type=int, default=15, help="how many ranked components to show (default: 15)")
 

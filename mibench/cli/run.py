@@ -8,7 +8,7 @@ HELP = "run techniques on known circuits and record scored results"
 
 
 def add_arguments(parser) -> None:
-    from mibench.api import DEFAULT_SIZE, SIZES
+    from mibench.api import LEADERBOARD_SIZE, SIZES
     from mibench.cli.common import DEFAULT_RESULTS
 
     parser.add_argument("--technique", required=True,
@@ -20,8 +20,8 @@ def add_arguments(parser) -> None:
                         help="independent prompt samples per seed, e.g. 0-2 (default: 0); the "
                              "leaderboard's main tables use sample 0 and report how AUROC varies "
                              "across the others")
-    parser.add_argument("--size", choices=SIZES, default=DEFAULT_SIZE,
-                        help=f"model size of every case (default: {DEFAULT_SIZE}); results record it")
+    parser.add_argument("--size", choices=SIZES, default=LEADERBOARD_SIZE,
+                        help=f"model size of every case (default: {LEADERBOARD_SIZE}); results record it")
     parser.add_argument("--results", default=DEFAULT_RESULTS,
                         help=f"folder for result files (default: {DEFAULT_RESULTS})")
     parser.add_argument("--json", action="store_true", help="print one JSON object per run instead of a table")
