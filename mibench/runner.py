@@ -24,7 +24,7 @@ from mibench.certificate import Certificate, certify
 from mibench.model import bridge
 from mibench.model.ablation import Ablator
 from mibench.model.passes import PassCounter
-from mibench.results import RunRecord, write_record
+from mibench.results import RunRecord, UnusableRecord, load_record, result_path, write_record
 from mibench.scoring import score_run
 
 N_TRAIN_PROMPTS = 64
@@ -116,6 +116,24 @@ def run_one(technique: Technique, prep: Prepared, granularity: str | None = None
     return record
 
 
+def current_record(results_dir: str | Path, label: str, technique: Technique, case: Case,
+                   instance: Instance, sample: int) -> RunRecord | None:
+    """The stored record of this run if it is complete and current: readable, of this schema, not
+    an error, and scored by the same technique and case versions against the same truth. A
+    rerun keeps such records instead of recomputing them (``--force`` recomputes)."""
+    path = result_path(results_dir, label, case.name, instance.seed, sample, instance.size)
+    if not path.is_file():
+        return None
+    try:
+        record = load_record(path)
+    except UnusableRecord:
+        return None
+    current = (record.status != "error" and record.technique_version == str(technique.version)
+               and record.case_version == str(case.version)
+               and record.truth_hash == instance.truth.digest())
+    return record if current else None
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One technique at one granularity. ``asked`` is False for the extra granularities of a
@@ -129,14 +147,21 @@ class RunSpec:
     def applies_to(self, case: Case) -> bool:
         return self.asked or self.granularity in case.granularities
 
+    @property
+    def label(self) -> str:
+        return run_label(self.technique.name, self.granularity, self.technique.granularity)
+
 
 def run_grid(specs: list[RunSpec], cases: list[Case], seeds: Iterable[int],
              results_dir: str | Path | None, progress: bool = True,
-             on_record: Callable[[RunRecord], None] | None = None,
-             samples: Iterable[int] = (0,), size: str = DEFAULT_SIZE) -> list[RunRecord]:
+             on_record: Callable[[RunRecord, bool], None] | None = None,
+             samples: Iterable[int] = (0,), size: str = DEFAULT_SIZE, force: bool = False) -> list[RunRecord]:
     """Run every spec on every case (at ``size``), seed and prompt sample, writing each record as
     soon as it exists (so an interrupted grid keeps what it finished). Each seed's instance is built
-    once and certified on each of its prompt samples."""
+    once and certified on each of its prompt samples. A run whose result file in ``results_dir``
+    is complete and current (:func:`current_record`) is kept, not rerun, unless ``force``; an
+    instance whose runs are all current is not even certified. ``on_record(record, kept)`` sees
+    every record, ``kept`` telling a stored one from a fresh one."""
     from tqdm import tqdm
 
     seeds, samples = list(seeds), list(samples)
@@ -146,19 +171,28 @@ def run_grid(specs: list[RunSpec], cases: list[Case], seeds: Iterable[int],
     total = sum(spec.applies_to(case) for spec in specs for case in cases) * len(seeds) * len(samples)
     with tqdm(total=total, disable=not progress, unit="run", dynamic_ncols=True) as bar:
         for case in cases:
+            applicable = [s for s in specs if s.applies_to(case)]
             for seed in seeds:
                 instance = case.build(seed, size)
                 for sample in samples:
                     unit = f"{case.name} seed {seed}" + (f" prompts {sample}" if sample else "")
-                    bar.set_description(f"{unit}: certifying")
-                    prep = prepare(case, seed, instance, sample)
-                    for spec in (s for s in specs if s.applies_to(case)):
-                        bar.set_description(f"{unit}: {spec.technique.name}@{spec.granularity}")
-                        record = run_one(spec.technique, prep, spec.granularity)
-                        if results_dir is not None:
-                            write_record(results_dir, record)
+                    kept = {} if force or results_dir is None else {
+                        spec: record for spec in applicable
+                        if (record := current_record(results_dir, spec.label, spec.technique, case,
+                                                     instance, sample)) is not None}
+                    prep = None
+                    for spec in applicable:
+                        record = kept.get(spec)
+                        if record is None:
+                            if prep is None:
+                                bar.set_description(f"{unit}: certifying")
+                                prep = prepare(case, seed, instance, sample)
+                            bar.set_description(f"{unit}: {spec.technique.name}@{spec.granularity}")
+                            record = run_one(spec.technique, prep, spec.granularity)
+                            if results_dir is not None:
+                                write_record(results_dir, record)
                         records.append(record)
                         if on_record:
-                            on_record(record)
+                            on_record(record, spec in kept)
                         bar.update(1)
     return records

@@ -75,8 +75,12 @@ def test_list_and_leaderboard(tmp_path):
     code, out, _ = _cli("list", "cases")
     assert code == 0 and "induction" in out and "planted" in out
     results = tmp_path / "results"
-    assert _cli("run", "--technique", "dla,random", "--case", "induction", "--seeds", "0-1",
-                "--size", "small", "--results", str(results))[0] == 0
+    run = ("run", "--technique", "dla,random", "--case", "induction", "--seeds", "0-1", "--size", "small",
+           "--results", str(results))
+    assert _cli(*run)[0] == 0
+    # a rerun keeps the 8 current results (dla; random at node, edge, layer) instead of rewriting them
+    code, out, _ = _cli(*run)
+    assert code == 0 and "0 runs written" in out and "8 current results kept" in out
     code, out, err = _cli("leaderboard", "--results", str(results), "--out", str(tmp_path), "--size", "small")
     assert code == 0, err
     first = (tmp_path / "LEADERBOARD.md").read_text()

@@ -125,3 +125,48 @@ def test_grid_over_prompt_samples_writes_one_file_each(tmp_path):
     spread = prompt_variation(records)["activation_patching"]
     aurocs = [r.metrics["auroc"] for r in records]
     assert spread["n"] == 1 and spread["mean"] == pytest.approx(float(np.std(aurocs, ddof=1)))
+
+
+def _grid(tmp_path, **kwargs):
+    """dla and random on induction seeds 0-1; returns the records and which of them were kept."""
+    kept = []
+    specs = [RunSpec(load_technique("dla"), "node"), RunSpec(load_technique("random"), "node")]
+    records = run_grid(specs, [load_case("induction")], [0, 1], tmp_path, progress=False,
+                       on_record=lambda record, was_kept: kept.append(was_kept), **kwargs)
+    return records, kept
+
+
+def test_an_interrupted_grid_resumes_without_redoing_finished_runs(tmp_path, monkeypatch):
+    """Interrupted after two runs, the grid keeps them; the rerun computes only the other two and
+    keeps the finished files untouched. Stale, error and --force runs are recomputed."""
+    import mibench.runner as runner
+    from mibench.results import load_record, write_record
+
+    finished = []
+    real_write = runner.write_record
+
+    def interrupting_write(root, record):
+        if len(finished) == 2:
+            raise KeyboardInterrupt
+        finished.append(real_write(root, record))
+        return finished[-1]
+
+    monkeypatch.setattr(runner, "write_record", interrupting_write)
+    with pytest.raises(KeyboardInterrupt):
+        _grid(tmp_path)
+    monkeypatch.setattr(runner, "write_record", real_write)
+    stamps = {path: path.stat().st_mtime_ns for path in finished}
+
+    records, kept = _grid(tmp_path)
+    assert kept == [True, True, False, False]
+    assert {path: path.stat().st_mtime_ns for path in finished} == stamps
+    assert [load_record(p).scores for p in finished] == [r.scores for r in records[:2]]
+
+    # a stale technique version and an error record are recomputed, the rest kept
+    stale, failed = load_record(finished[0]), load_record(finished[1])
+    stale.technique_version = "0"
+    failed.status, failed.error = "error", "RuntimeError: boom"
+    write_record(tmp_path, stale)
+    write_record(tmp_path, failed)
+    assert _grid(tmp_path)[1] == [False, False, True, True]
+    assert _grid(tmp_path, force=True)[1] == [False] * 4

@@ -24,6 +24,9 @@ def add_arguments(parser) -> None:
                         help=f"model size of every case (default: {LEADERBOARD_SIZE}); results record it")
     parser.add_argument("--results", default=DEFAULT_RESULTS,
                         help=f"folder for result files (default: {DEFAULT_RESULTS})")
+    parser.add_argument("--force", action="store_true",
+                        help="rerun every run; by default a run whose result file is complete and current "
+                             "(same technique and case versions, same truth; not an error) is kept")
     parser.add_argument("--json", action="store_true", help="print one JSON object per run instead of a table")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -54,19 +57,24 @@ def main(args) -> int:
 
     from mibench.runner import run_grid
 
-    def emit(record) -> None:
+    n_kept = 0
+
+    def emit(record, kept: bool) -> None:
+        nonlocal n_kept
+        n_kept += kept
         if args.json:
             print(json.dumps(record.summary()), flush=True)
 
     records = run_grid(techniques, cases, seeds, args.results,
                        progress=not args.no_progress and sys.stderr.isatty(), on_record=emit,
-                       samples=samples, size=args.size)
+                       samples=samples, size=args.size, force=args.force)
     if not args.json:
         print(summary_table(records))
         for r in records:
             if r.status != "ok":
                 sample = f" prompts {r.prompt_sample}" if r.prompt_sample else ""
                 print(f"{r.technique} on {r.case} seed {r.seed}{sample}: {r.status}: {r.error}")
-        print(f"\n{len(records)} runs written to {args.results}/")
+        kept = f"; {n_kept} current results kept as they were (--force reruns them)" if n_kept else ""
+        print(f"\n{len(records) - n_kept} runs written to {args.results}/{kept}")
     errors = [r for r in records if r.status == "error"]
     return 1 if errors else 0
