@@ -155,13 +155,15 @@ class RunSpec:
 def run_grid(specs: list[RunSpec], cases: list[Case], seeds: Iterable[int],
              results_dir: str | Path | None, progress: bool = True,
              on_record: Callable[[RunRecord, bool], None] | None = None,
-             samples: Iterable[int] = (0,), size: str = DEFAULT_SIZE, force: bool = False) -> list[RunRecord]:
+             samples: Iterable[int] = (0,), size: str = DEFAULT_SIZE, force: bool = False,
+             log: Callable[[str], None] | None = None) -> list[RunRecord]:
     """Run every spec on every case (at ``size``), seed and prompt sample, writing each record as
     soon as it exists (so an interrupted grid keeps what it finished). Each seed's instance is built
     once and certified on each of its prompt samples. A run whose result file in ``results_dir``
     is complete and current (:func:`current_record`) is kept, not rerun, unless ``force``; an
     instance whose runs are all current is not even certified. ``on_record(record, kept)`` sees
-    every record, ``kept`` telling a stored one from a fresh one."""
+    every record, ``kept`` telling a stored one from a fresh one; ``log`` (for output that is not
+    a terminal, where the bar does not draw) gets one line per finished (case, seed, sample)."""
     from tqdm import tqdm
 
     seeds, samples = list(seeds), list(samples)
@@ -169,6 +171,7 @@ def run_grid(specs: list[RunSpec], cases: list[Case], seeds: Iterable[int],
         case.check_size(size)
     records: list[RunRecord] = []
     total = sum(spec.applies_to(case) for spec in specs for case in cases) * len(seeds) * len(samples)
+    n_units, started = len(cases) * len(seeds) * len(samples), time.perf_counter()
     with tqdm(total=total, disable=not progress, unit="run", dynamic_ncols=True) as bar:
         for case in cases:
             applicable = [s for s in specs if s.applies_to(case)]
@@ -180,13 +183,14 @@ def run_grid(specs: list[RunSpec], cases: list[Case], seeds: Iterable[int],
                         spec: record for spec in applicable
                         if (record := current_record(results_dir, spec.label, spec.technique, case,
                                                      instance, sample)) is not None}
-                    prep = None
+                    prep, unit_start, certifying_s = None, time.perf_counter(), 0.0
                     for spec in applicable:
                         record = kept.get(spec)
                         if record is None:
                             if prep is None:
                                 bar.set_description(f"{unit}: certifying")
                                 prep = prepare(case, seed, instance, sample)
+                                certifying_s = time.perf_counter() - unit_start
                             bar.set_description(f"{unit}: {spec.technique.name}@{spec.granularity}")
                             record = run_one(spec.technique, prep, spec.granularity)
                             if results_dir is not None:
@@ -195,4 +199,21 @@ def run_grid(specs: list[RunSpec], cases: list[Case], seeds: Iterable[int],
                         if on_record:
                             on_record(record, spec in kept)
                         bar.update(1)
+                    if log:
+                        log(_unit_line(unit, records[len(records) - len(applicable):], len(kept),
+                                       certifying_s, time.perf_counter() - unit_start,
+                                       len(records), total, time.perf_counter() - started))
     return records
+
+
+def _unit_line(unit: str, records: list[RunRecord], n_kept: int, certifying_s: float, unit_s: float,
+               done: int, total: int, elapsed_s: float) -> str:
+    """``[runs done/total] unit: statuses, kept, certifying and technique time, elapsed``."""
+    statuses = {}
+    for record in records:
+        statuses[record.status] = statuses.get(record.status, 0) + 1
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+    kept = f" ({n_kept} kept as current)" if n_kept else ""
+    minutes, seconds = divmod(int(elapsed_s), 60)
+    return (f"[{done}/{total} runs] {unit}: {counts}{kept}; certifying {certifying_s:.1f} s, "
+            f"techniques {unit_s - certifying_s:.1f} s; elapsed {minutes}:{seconds:02d}")

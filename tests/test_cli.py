@@ -20,6 +20,9 @@ def test_run_json_prints_one_ok_record_per_seed(tmp_path):
     assert code == 0, err
     runs = [json.loads(line) for line in out.splitlines()]
     assert len(runs) == 5 and all(r["status"] == "ok" for r in runs)
+    # piped, not a terminal: no progress bar, but a line per finished (case, seed)
+    lines = err.splitlines()
+    assert len(lines) == 5 and lines[-1].startswith("[5/5 runs] induction seed 4: 1 ok; certifying ")
     for key in ("technique", "case", "seed", "granularity", "status", "auroc", "ap", "precision_at_k",
                 "recall_at_k", "f1_at_k", "faithfulness", "runtime_s", "error"):
         assert key in runs[0]
@@ -81,6 +84,7 @@ def test_list_and_leaderboard(tmp_path):
     # a rerun keeps the 8 current results (dla; random at node, edge, layer) instead of rewriting them
     code, out, _ = _cli(*run)
     assert code == 0 and "0 runs written" in out and "8 current results kept" in out
+    assert f"next: mibench leaderboard --size small --results {results} --out {results}" in out
     code, out, err = _cli("leaderboard", "--results", str(results), "--out", str(tmp_path), "--size", "small")
     assert code == 0, err
     first = (tmp_path / "LEADERBOARD.md").read_text()

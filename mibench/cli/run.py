@@ -28,7 +28,7 @@ def add_arguments(parser) -> None:
                         help="rerun every run; by default a run whose result file is complete and current "
                              "(same technique and case versions, same truth; not an error) is kept")
     parser.add_argument("--json", action="store_true", help="print one JSON object per run instead of a table")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar (or, when not on a terminal, the progress lines)")
 
 
 def summary_table(records) -> str:
@@ -65,9 +65,13 @@ def main(args) -> int:
         if args.json:
             print(json.dumps(record.summary()), flush=True)
 
+    # a terminal gets a progress bar; a pipe or a log file a line per finished (case, seed)
+    terminal = sys.stderr.isatty()
     records = run_grid(techniques, cases, seeds, args.results,
-                       progress=not args.no_progress and sys.stderr.isatty(), on_record=emit,
-                       samples=samples, size=args.size, force=args.force)
+                       progress=not args.no_progress and terminal, on_record=emit,
+                       samples=samples, size=args.size, force=args.force,
+                       log=None if args.no_progress or terminal else
+                       (lambda line: print(line, file=sys.stderr, flush=True)))
     if not args.json:
         print(summary_table(records))
         for r in records:
@@ -76,5 +80,14 @@ def main(args) -> int:
                 print(f"{r.technique} on {r.case} seed {r.seed}{sample}: {r.status}: {r.error}")
         kept = f"; {n_kept} current results kept as they were (--force reruns them)" if n_kept else ""
         print(f"\n{len(records) - n_kept} runs written to {args.results}/{kept}")
+        if records:
+            from mibench.cli.common import DEFAULT_RESULTS
+
+            where = f" --size {args.size} --results {args.results}"
+            # a results folder of one's own gets its report beside it, not over the committed one
+            out = "" if args.results == DEFAULT_RESULTS else f" --out {args.results}"
+            print(f"next: mibench leaderboard{where}{out}   (tables and report.html)\n"
+                  f"      mibench report --technique {records[0].technique} --case {records[0].case}"
+                  f" --seed {records[0].seed}{where}   (one run in detail)")
     errors = [r for r in records if r.status == "error"]
     return 1 if errors else 0
