@@ -4,12 +4,13 @@ Each (case, seed) is built and certified once; every technique then gets the mod
 planted weights afterwards) and a CaseView (never the truth). A technique that raises or returns
 bad scores becomes an ``error`` record and the grid goes on; a case whose certificate fails is
 recorded as ``uncertified`` and not scored; a technique whose granularity the case has no truth for
-is ``skipped`` with the reason.
+is ``skipped`` with the reason. A rerun keeps every stored record that is still current.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +172,7 @@ def run_grid(specs: list[RunSpec], cases: list[Case], seeds: Iterable[int],
         case.check_size(size)
     records: list[RunRecord] = []
     total = sum(spec.applies_to(case) for spec in specs for case in cases) * len(seeds) * len(samples)
-    n_units, started = len(cases) * len(seeds) * len(samples), time.perf_counter()
+    started = time.perf_counter()
     with tqdm(total=total, disable=not progress, unit="run", dynamic_ncols=True) as bar:
         for case in cases:
             applicable = [s for s in specs if s.applies_to(case)]
@@ -209,9 +210,7 @@ def run_grid(specs: list[RunSpec], cases: list[Case], seeds: Iterable[int],
 def _unit_line(unit: str, records: list[RunRecord], n_kept: int, certifying_s: float, unit_s: float,
                done: int, total: int, elapsed_s: float) -> str:
     """``[runs done/total] unit: statuses, kept, certifying and technique time, elapsed``."""
-    statuses = {}
-    for record in records:
-        statuses[record.status] = statuses.get(record.status, 0) + 1
+    statuses = Counter(record.status for record in records)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
     kept = f" ({n_kept} kept as current)" if n_kept else ""
     minutes, seconds = divmod(int(elapsed_s), 60)
