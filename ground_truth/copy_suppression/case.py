@@ -62,7 +62,7 @@ class CopySuppression(Case):
     circuit = CIRCUIT
     sizes = tuple(SHAPES)
     tier = "planted"
-    description = ("a copier (L0) boosts a context token; a copy-suppression head (L1) attends to "
+    description = ("a copier boosts a context token; a later copy-suppression head attends to "
                    "the predicted token's earlier occurrence and writes its negative unembedding; "
                    "every other head belongs to a look-alike copy-suppression channel")
 

@@ -160,9 +160,10 @@ class TrapLensOffset(Case):
     circuit = CIRCUIT
     tier = "trap"
     sizes = ("small", "medium")
-    description = ("the answer is formed in layer 0, but a constant offset removed only by the final "
-                   "block hides it from the logit lens, which credits the final layer; every other "
-                   "head is a look-alike mover or offset remover at another query position")
+    description = ("the answer is formed in a drawn layer before the last, but a constant offset "
+                   "removed only by the final block hides it from the logit lens, which credits the "
+                   "final layer; every other head is a look-alike mover or offset remover at another "
+                   "query position")
 
     # --- model --------------------------------------------------------------------------------
 
