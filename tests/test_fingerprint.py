@@ -109,3 +109,18 @@ def test_a_statistic_of_a_kind_the_truth_lacks_cannot_give_it_away():
     whose nodes are all truth is undefined and fails (every such node would be found)."""
     assert AuditRow("mlp_in_norm", None, 0, 30).passed
     assert not AuditRow("mlp_in_norm", None, 30, 0).passed
+
+
+def test_singular_values_from_the_factors_equal_those_of_the_product():
+    """The audit's effective ranks come from each head's factors (a d_head × d_head SVD); they must
+    be the singular values of the full d_model × d_model circuit, including rank-deficient ones."""
+    from mibench.model.statistics import effective_rank, product_singular_values
+
+    g = torch.Generator().manual_seed(0)
+    left, right = torch.randn(3, 40, 6, generator=g), torch.randn(3, 6, 50, generator=g)
+    left[1, :, 3:] = 0  # head 1 has rank 3
+    full = torch.linalg.svdvals(left.double() @ right.double())[:, :6]
+    factored = product_singular_values(left, right)
+    assert torch.allclose(factored, full, atol=1e-9)
+    assert effective_rank(factored[1]) == pytest.approx(effective_rank(full[1]), abs=1e-9)
+    assert effective_rank(torch.zeros(4)) == 0.0

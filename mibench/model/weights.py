@@ -47,16 +47,28 @@ def reader_weights(model, layer: int, which: str) -> torch.Tensor:
     return table[which][layer].detach()
 
 
+def head_ov_factors(model, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W_V, W_O)`` ``[head, d_model, d_head]``, ``[head, d_head, d_model]``: the OV circuit as
+    a product, for what is cheaper on the factors (singular values) than on the full matrix."""
+    return model.W_V[layer].detach(), model.W_O[layer].detach()
+
+
+def head_qk_factors(model, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W_Q, W_Kᵀ)`` ``[head, d_model, d_head]``, ``[head, d_head, d_model]``: the QK circuit as
+    a product."""
+    return model.W_Q[layer].detach(), model.W_K[layer].detach().transpose(-1, -2)
+
+
 def head_ov(model, layer: int) -> torch.Tensor:
     """Every head's OV circuit ``W_V[h] @ W_O[h]`` ``[head, d_model, d_model]``: what it writes per
     unit of what it reads."""
-    return torch.einsum("hdk,hke->hde", model.W_V[layer].detach(), model.W_O[layer].detach())
+    return torch.matmul(*head_ov_factors(model, layer))
 
 
 def head_qk(model, layer: int) -> torch.Tensor:
     """Every head's QK circuit ``W_Q[h] @ W_K[h]ᵀ`` ``[head, d_model, d_model]``: the bilinear form of
     its attention scores."""
-    return torch.einsum("hdk,hek->hde", model.W_Q[layer].detach(), model.W_K[layer].detach())
+    return torch.matmul(*head_qk_factors(model, layer))
 
 
 def head_output_matrix(model, layer: int) -> torch.Tensor:
