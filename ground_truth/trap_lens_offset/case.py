@@ -3,7 +3,6 @@ logit lens at every intermediate layer, among look-alike channels that do the sa
 positions (see README.md)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.readout import cache_residuals, decode
 from mibench.models import PlantedModel, ResidualLayout
-from mibench.models.channels import shuffled_readout
+from mibench.models.channels import QueryHead, readout_blocks, shuffled_readout
 from mibench.models.gating import QKTerm, embed_flag, set_qk_terms
 from mibench.models.norms import embed_offset, ln_coordinate
 
@@ -79,23 +78,7 @@ READOUT_ACCURACY_MIN = 0.9
 N_READOUT_TRAIN = 256
 
 
-@dataclass(frozen=True)
-class Head:
-    """One head of the model: its recipe ("mover" or "remover"), the token whose position it queries
-    (END or a marker) and, for a mover, the residual block its copy goes to."""
-
-    layer: int
-    index: int
-    recipe: str
-    query: int
-    readout: str = "out"
-
-    @property
-    def node(self) -> str:
-        return names.head(self.layer, self.index)
-
-
-def plan(n_layers: int, n_heads: int, layer: int, rng: np.random.Generator) -> list[Head]:
+def plan(n_layers: int, n_heads: int, layer: int, rng: np.random.Generator) -> list[QueryHead]:
     """Every head's recipe and query position. The circuit's channel: a mover in ``layer`` and an
     offset remover in the final layer, both at END. The other heads: look-alike removers above L0
     (REMOVER_SHARE of them), each with a marker of its own whose offset it removes, and movers:
@@ -111,7 +94,7 @@ def plan(n_layers: int, n_heads: int, layer: int, rng: np.random.Generator) -> l
     removers = sorted(upper[i] for i in rng.choice(len(upper), size=n_remove, replace=False))
     order = [others[i] for i in rng.permutation(len(others)) if others[i] not in removers]
     markers = [int(m) for m in rng.permutation(MARKERS)]
-    heads = [Head(*mover0, "mover", END), Head(*remover0, "remover", END)]
+    heads = [QueryHead(*mover0, "mover", END), QueryHead(*remover0, "remover", END)]
 
     def take(low: int, top: int) -> tuple[int, int] | None:
         """A mover not yet placed whose layer is in ``low`` … ``top``."""
@@ -125,7 +108,7 @@ def plan(n_layers: int, n_heads: int, layer: int, rng: np.random.Generator) -> l
     for _ in range(N_END_MOVERS):
         slot = take(layer, n_layers)
         if slot is not None:
-            heads.append(Head(*slot, "mover", END))
+            heads.append(QueryHead(*slot, "mover", END))
     readable = {}  # marker -> the last layer that still sees its offset
     for slot in removers:
         partner = take(0, slot[0])
@@ -134,24 +117,14 @@ def plan(n_layers: int, n_heads: int, layer: int, rng: np.random.Generator) -> l
             continue
         marker = markers.pop()
         readable[marker] = slot[0]
-        heads += [Head(*slot, "remover", marker), Head(*partner, "mover", marker)]
+        heads += [QueryHead(*slot, "remover", marker), QueryHead(*partner, "mover", marker)]
     for slot in order:
         fits = [m for m, top in readable.items() if slot[0] <= top]
         if markers and (not fits or rng.random() < 0.3):
             fits = [markers.pop()]
             readable[fits[0]] = n_layers
-        heads.append(Head(*slot, "mover", int(fits[int(rng.integers(len(fits)))])))
-    # the look-alike movers of one query position copy into blocks of their own (the circuit's into
-    # the task's "out"); movers at different positions never write at the same place, so they
-    # share blocks: block i holds the i-th look-alike mover of every position
-    seen: dict[int, int] = {}
-    out = heads[:2]
-    for h in heads[2:]:
-        if h.recipe == "mover":
-            seen[h.query] = seen.get(h.query, -1) + 1
-            h = Head(h.layer, h.index, h.recipe, h.query, f"read{seen[h.query]}")
-        out.append(h)
-    return out
+        heads.append(QueryHead(*slot, "mover", int(fits[int(rng.integers(len(fits)))])))
+    return readout_blocks(heads)
 
 
 class TrapLensOffset(Case):

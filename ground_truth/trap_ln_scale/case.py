@@ -2,7 +2,6 @@
 channels that do the same at other positions (see README.md)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,8 @@ from mibench.circuit import Circuit
 from mibench.model.ablation import ablation_effects
 from mibench.model.readout import direct_effects, metric_gradient
 from mibench.models import PlantedModel, ResidualLayout
-from mibench.models.channels import random_layer_map, shuffled_readout
+from mibench.models.channels import (QueryHead, random_layer_map, readout_blocks,
+                                     shuffled_readout)
 from mibench.models.gating import QKTerm, embed_flag, set_qk_terms
 from mibench.models.norms import embed_offset, ln_coordinate
 
@@ -68,23 +68,8 @@ FROZEN_DIRECT_SHARE_MAX = 0.02
 TOTAL_EFFECT_MIN = 0.5
 
 
-@dataclass(frozen=True)
-class Head:
-    """One head of the model: its recipe ("mover" or "scale"), the token whose position it queries
-    (END or a marker) and, for a mover, the residual block its copy goes to."""
-
-    layer: int
-    index: int
-    recipe: str
-    query: int
-    readout: str = "out"
-
-    @property
-    def node(self) -> str:
-        return names.head(self.layer, self.index)
-
-
-def plan(n_layers: int, n_heads: int, layer_map: dict[int, int], rng: np.random.Generator) -> list[Head]:
+def plan(n_layers: int, n_heads: int, layer_map: dict[int, int],
+         rng: np.random.Generator) -> list[QueryHead]:
     """Every head's recipe and query position. The circuit: a mover and a scale head, both at END,
     in the layers ``layer_map`` gives circuit.yaml's 0 and 1. The other heads: movers in L0, and
     above it scale heads (SCALE_SHARE of the non-circuit heads) and movers. N_END_MOVERS look-alike
@@ -101,7 +86,7 @@ def plan(n_layers: int, n_heads: int, layer_map: dict[int, int], rng: np.random.
     scales = sorted(upper[i] for i in rng.choice(len(upper), size=n_scale, replace=False))
     order = [s for s in rng.permutation(len(others)).tolist() for s in [others[s]] if s not in scales]
     markers = [int(m) for m in rng.permutation(MARKERS)]
-    heads = [Head(*mover0, "mover", END), Head(*scale0, "scale", END)]
+    heads = [QueryHead(*mover0, "mover", END), QueryHead(*scale0, "scale", END)]
 
     def take(top: int) -> tuple[int, int] | None:
         """A mover not yet placed whose layer is at most ``top``."""
@@ -113,7 +98,7 @@ def plan(n_layers: int, n_heads: int, layer_map: dict[int, int], rng: np.random.
     for _ in range(N_END_MOVERS):
         slot = take(scale0[0])
         if slot is not None:
-            heads.append(Head(*slot, "mover", END))
+            heads.append(QueryHead(*slot, "mover", END))
     readable = {END: scale0[0]}  # query position -> the last layer that still sees its bulk
     for slot in scales:
         partner = take(slot[0])
@@ -122,24 +107,14 @@ def plan(n_layers: int, n_heads: int, layer_map: dict[int, int], rng: np.random.
             continue
         marker = markers.pop()
         readable[marker] = slot[0]
-        heads += [Head(*slot, "scale", marker), Head(*partner, "mover", marker)]
+        heads += [QueryHead(*slot, "scale", marker), QueryHead(*partner, "mover", marker)]
     for slot in order:
         fits = [q for q, top in readable.items() if slot[0] <= top]
         if markers and (not fits or rng.random() < 0.3):
             fits = [markers.pop()]
             readable[fits[0]] = n_layers
-        heads.append(Head(*slot, "mover", int(fits[int(rng.integers(len(fits)))])))
-    # the look-alike movers of one query position copy into blocks of their own (the circuit's into
-    # the task's "out"); movers at different positions never write at the same place, so they
-    # share blocks: block i holds the i-th look-alike mover of every position
-    seen: dict[int, int] = {}
-    out = heads[:2]
-    for h in heads[2:]:
-        if h.recipe == "mover":
-            seen[h.query] = seen.get(h.query, -1) + 1
-            h = Head(h.layer, h.index, h.recipe, h.query, f"read{seen[h.query]}")
-        out.append(h)
-    return out
+        heads.append(QueryHead(*slot, "mover", int(fits[int(rng.integers(len(fits)))])))
+    return readout_blocks(heads)
 
 
 class TrapLNScale(Case):

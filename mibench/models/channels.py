@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mibench import names
 from mibench.circuit import Circuit
 from mibench.models.planted import PlantedModel
 
@@ -144,3 +145,35 @@ def random_codes(layout, block: str, n: int, rng: np.random.Generator) -> np.nda
     overlap by ~N(0, 1/size)."""
     raw = rng.standard_normal((n, layout.size(block)))
     return (raw / np.linalg.norm(raw, axis=1, keepdims=True)) @ layout.basis(block)
+
+
+@dataclass(frozen=True)
+class QueryHead:
+    """One head of a model whose heads act at chosen query positions: its recipe (e.g. "mover"),
+    the token whose position it queries (END or a marker) and, for a mover, the residual block its
+    copy goes to."""
+
+    layer: int
+    index: int
+    recipe: str
+    query: int
+    readout: str = "out"
+
+    @property
+    def node(self) -> str:
+        return names.head(self.layer, self.index)
+
+
+def readout_blocks(heads: list[QueryHead], n_circuit: int = 2) -> list[QueryHead]:
+    """The first ``n_circuit`` heads (the circuit's channel) keep their readout (the task's "out");
+    the look-alike movers of one query position copy into blocks of their own, ``read{i}``. Movers at
+    different positions never write at the same place, so they share blocks: block i holds the i-th
+    look-alike mover of every position."""
+    seen: dict[int, int] = {}
+    out = heads[:n_circuit]
+    for h in heads[n_circuit:]:
+        if h.recipe == "mover":
+            seen[h.query] = seen.get(h.query, -1) + 1
+            h = QueryHead(h.layer, h.index, h.recipe, h.query, f"read{seen[h.query]}")
+        out.append(h)
+    return out
