@@ -16,7 +16,7 @@ def test_attribution_patching_cost(benchmark):
     case = GPT2Shaped(12)
     instance = case.build(0)
     p = case.prompts(16, 0)
-    view = CaseView(case, instance.model, p, p, "node", 0)
+    view = CaseView.of(case, instance.model, p, p, "node", 0)
     with torch.no_grad():
         instance.model(p.clean)  # warm up
         start = time.perf_counter()

@@ -156,6 +156,51 @@ class PromptSet:
                          {k: v[index] for k, v in self.variables.items()}, self.split)
 
 
+# --- the task metric, as data ----------------------------------------------------------------
+
+METRIC_READS = ("logit_diff", "log_prob", "centred_logit")
+METRIC_TARGETS = ("answer", "next_token")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A case's task metric stated as data, so that a worker process rebuilds it from the prompts
+    alone, with no code of the case (and so no way back to its truth).
+
+    ``positions_from_end``: the logit positions read, counted from the end (1 = the final token).
+    ``target``: at each position, the token that should win: the prompt's ``answer``, or
+    ``next_token`` (the clean prompt's next token, and the answer after the final position).
+    ``reads``, per position, averaged over positions:
+
+    * ``logit_diff``: target logit − the prompt's ``wrong`` logit; accuracy: target beats wrong;
+    * ``log_prob``: log p(target); accuracy: the target is the top-1 prediction;
+    * ``centred_logit``: target logit − mean logit (a uniform shift of all logits does not count);
+      accuracy: the target is the top-1 prediction.
+    """
+
+    reads: str = "logit_diff"
+    target: str = "answer"
+    positions_from_end: tuple[int, ...] = (1,)
+
+    def __post_init__(self) -> None:
+        if self.reads not in METRIC_READS:
+            raise ValueError(f"metric reads must be one of {', '.join(METRIC_READS)}, got {self.reads!r}")
+        if self.target not in METRIC_TARGETS:
+            raise ValueError(f"metric target must be one of {', '.join(METRIC_TARGETS)}, got {self.target!r}")
+        if not self.positions_from_end or sorted(set(self.positions_from_end), reverse=True) != \
+                list(self.positions_from_end) or min(self.positions_from_end) < 1:
+            raise ValueError(f"positions_from_end must be distinct, >= 1 and descending (so positions "
+                             f"ascend), got {self.positions_from_end}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reads": self.reads, "target": self.target,
+                "positions_from_end": list(self.positions_from_end)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "MetricSpec":
+        return cls(data["reads"], data["target"], tuple(int(k) for k in data["positions_from_end"]))
+
+
 # --- cases ------------------------------------------------------------------------------------
 
 SPLITS = {"train": 0, "test": 1}
@@ -217,6 +262,9 @@ class Case(ABC):
     #: backup head that is silent until the main head is ablated). Their own check replaces it.
     necessity_exempt: ClassVar[dict[str, str]] = {}
     n_prompts: ClassVar[int] = 64
+    #: the task metric, as data (see :class:`MetricSpec`); default: logit difference answer − wrong
+    #: at the final position
+    metric: ClassVar[MetricSpec] = MetricSpec()
     #: the sizes (of SIZES) this case builds
     sizes: ClassVar[tuple[str, ...]] = ("small",)
 
@@ -245,66 +293,44 @@ class Case(ABC):
         the prompts use); ``split`` is ``train`` or ``test``; ``sample`` picks one of any number
         of independent draws (draw its randomness from :func:`prompt_rng`)."""
 
-    def metric_positions(self, prompts: PromptSet) -> list[int]:
-        """The logit positions the metric and accuracy read, ascending. Patching code unembeds only
-        these positions; :meth:`metric` and :meth:`accuracy` receive the logits at them, in this
-        order (``[n, len(positions), vocab]``). Default: the final position."""
-        return [int(prompts.clean.shape[1]) - 1]
-
-    def metric(self, logits: "torch.Tensor", prompts: PromptSet) -> "torch.Tensor":
-        """Per-prompt metric ``[n]`` from the logits at :meth:`metric_positions`; the task metric is
-        its mean. Default: logit difference answer − wrong at the final position."""
-        import torch
-
-        final = logits[:, -1, :]
-        idx = torch.arange(final.shape[0])
-        return final[idx, prompts.answer] - final[idx, prompts.wrong]
-
-    def accuracy(self, logits: "torch.Tensor", prompts: PromptSet) -> float:
-        """Task accuracy from the logits at :meth:`metric_positions`: share of prompts whose answer
-        logit beats the wrong logit at the end."""
-        import torch
-
-        final = logits[:, -1, :]
-        idx = torch.arange(final.shape[0])
-        return float((final[idx, prompts.answer] > final[idx, prompts.wrong]).float().mean())
-
     def task_metric(self, prompts: PromptSet) -> "TaskMetric":
         """The metric bound to ``prompts``, as techniques, certificates and scoring call it."""
-        return TaskMetric(self.metric, self.accuracy, self.metric_positions, prompts)
+        return TaskMetric(self.metric, prompts)
 
     def extra_checks(self, instance: Instance, prompts: PromptSet, probe: Any) -> list[Any]:
         """Role-specific certificate checks (``mibench.certificate.Check``); none by default."""
         return []
 
 
-# --- the task metric --------------------------------------------------------------------------
+# --- the task metric, bound to prompts -----------------------------------------------------------
 
 class TaskMetric:
-    """A case's metric bound to a prompt set.
+    """A :class:`MetricSpec` bound to a prompt set.
 
     ``metric(logits)`` is the task metric, the mean over prompts (differentiable);
-    ``metric.per_prompt(logits)`` the ``[n]`` values; ``metric.accuracy(logits)`` the task accuracy.
-    Each accepts the full logits ``[n, seq, vocab]`` or only those at ``metric.positions`` (what
+    ``metric.per_prompt(logits)`` the ``[n]`` values; ``metric.accuracy(logits)`` the task accuracy;
+    ``metric.positions`` the logit positions it reads (ascending). Each accepts the full logits
+    ``[n, seq, vocab]`` or only those at ``metric.positions`` (what
     :class:`mibench.model.ablation.BaseRun` returns when asked to unembed only the positions the
     metric reads); pass ``prompts`` to evaluate on another prompt set of the same case.
     """
 
-    def __init__(self, per_prompt, accuracy, positions_of, prompts: PromptSet) -> None:
-        self._per_prompt, self._accuracy, self._positions_of = per_prompt, accuracy, positions_of
+    def __init__(self, spec: MetricSpec, prompts: PromptSet) -> None:
+        self.spec = spec
         self.prompts = prompts
-        self.positions = self._checked_positions(prompts)
+        self.positions = self._positions(prompts)
 
-    def _checked_positions(self, prompts: PromptSet) -> list[int]:
-        positions = [int(p) for p in self._positions_of(prompts)]
-        if not positions or positions != sorted(set(positions)):
-            raise ValueError(f"metric positions must be distinct and ascending, got {positions}")
-        return positions
+    def _positions(self, prompts: PromptSet) -> list[int]:
+        seq = int(prompts.clean.shape[1])
+        if max(self.spec.positions_from_end) > seq:
+            raise ValueError(f"the metric reads {max(self.spec.positions_from_end)} positions from "
+                             f"the end of prompts of length {seq}")
+        return [seq - k for k in self.spec.positions_from_end]
 
     def read(self, logits: "torch.Tensor", prompts: PromptSet | None = None) -> "torch.Tensor":
         """The logits at the metric's positions (unchanged if they are only those already)."""
         prompts = prompts if prompts is not None else self.prompts
-        positions = self.positions if prompts is self.prompts else self._checked_positions(prompts)
+        positions = self.positions if prompts is self.prompts else self._positions(prompts)
         seq = int(prompts.clean.shape[1])
         if logits.shape[1] == seq:
             # with ascending distinct positions, len == seq means every position: indexing is a no-op
@@ -314,16 +340,47 @@ class TaskMetric:
         raise ValueError(f"logits cover {logits.shape[1]} positions; the metric reads {positions} of "
                          f"prompts of length {seq}")
 
-    def per_prompt(self, logits: "torch.Tensor", prompts: PromptSet | None = None) -> "torch.Tensor":
+    def targets(self, prompts: PromptSet | None = None) -> "torch.Tensor":
+        """The token that should win at each read position, ``[n, len(positions)]``."""
+        import torch
+
         prompts = prompts if prompts is not None else self.prompts
-        return self._per_prompt(self.read(logits, prompts), prompts)
+        n = len(prompts)
+        if self.spec.target == "answer":
+            return prompts.answer[:, None].expand(n, len(self.spec.positions_from_end))
+        following = torch.cat([prompts.clean[:, 1:], prompts.answer[:, None]], dim=1)
+        positions = self.positions if prompts is self.prompts else self._positions(prompts)
+        return following[:, positions]
+
+    def per_prompt(self, logits: "torch.Tensor", prompts: PromptSet | None = None) -> "torch.Tensor":
+        import torch
+
+        prompts = prompts if prompts is not None else self.prompts
+        read, targets = self.read(logits, prompts), self.targets(prompts)
+        if self.spec.reads == "log_prob":
+            read = torch.log_softmax(read, dim=-1)
+        target = read.gather(-1, targets[..., None])[..., 0]  # [n, positions]
+        if self.spec.reads == "logit_diff":
+            return (target - self._wrong(read, prompts)).mean(dim=-1)
+        if self.spec.reads == "log_prob":
+            return target.mean(dim=-1)
+        return (target - read.mean(dim=-1)).mean(dim=-1)
+
+    @staticmethod
+    def _wrong(read: "torch.Tensor", prompts: PromptSet) -> "torch.Tensor":
+        """The ``wrong`` token's logit at every read position, ``[n, positions]``."""
+        return read.gather(-1, prompts.wrong[:, None, None].expand(-1, read.shape[1], 1))[..., 0]
 
     def __call__(self, logits: "torch.Tensor", prompts: PromptSet | None = None) -> "torch.Tensor":
         return self.per_prompt(logits, prompts).mean()
 
     def accuracy(self, logits: "torch.Tensor", prompts: PromptSet | None = None) -> float:
         prompts = prompts if prompts is not None else self.prompts
-        return self._accuracy(self.read(logits, prompts), prompts)
+        read, targets = self.read(logits, prompts), self.targets(prompts)
+        if self.spec.reads == "logit_diff":
+            target = read.gather(-1, targets[..., None])[..., 0]
+            return float((target > self._wrong(read, prompts)).float().mean())
+        return float((read.argmax(-1) == targets).float().mean())
 
 
 # --- what a technique sees --------------------------------------------------------------------
@@ -334,21 +391,31 @@ class CaseView:
     ``prompts`` is the test split (the one scored); ``train_prompts`` is a disjoint split for
     techniques that fit something (probes, tuned lens). ``metric(logits, prompts=None)`` returns
     the scalar task metric (mean over prompts, differentiable); ``metric_per_prompt`` the ``[n]``
-    values; ``metric.positions`` the logit positions it reads (see :class:`TaskMetric`).
+    values; ``metric.positions`` the logit positions it reads (see :class:`TaskMetric`). ``seed``
+    is the run's seed for anything random; it is derived from, but does not name, the instance's
+    seed. The runner builds a view in a worker process from data alone (:mod:`mibench.worker`), so
+    nothing reachable from it leads back to the case's code or truth.
     """
 
-    def __init__(self, case: Case, model: Any, prompts: PromptSet, train_prompts: PromptSet,
-                 granularity: str, seed: int) -> None:
-        self.metric = case.task_metric(prompts)
+    def __init__(self, model: Any, prompts: PromptSet, train_prompts: PromptSet, metric: MetricSpec,
+                 granularity: str, seed: int, case_name: str) -> None:
+        self.metric = TaskMetric(metric, prompts)
         self.metric_per_prompt = self.metric.per_prompt
         self.model = model
         self.prompts = prompts
         self.train_prompts = train_prompts
         self.granularity = granularity
         self.seed = seed
-        self.case_name = case.name
+        self.case_name = case_name
         self.tokenizer = getattr(model, "tokenizer", None)
         self.shape = names.Shape.of(model)
+
+    @classmethod
+    def of(cls, case: Case, model: Any, prompts: PromptSet, train_prompts: PromptSet,
+           granularity: str, seed: int) -> "CaseView":
+        """A view of ``case``'s model in this process (tests, notebooks); the runner's workers
+        build theirs from data."""
+        return cls(model, prompts, train_prompts, case.metric, granularity, seed, case.name)
 
     @property
     def position_labels(self) -> list[str]:

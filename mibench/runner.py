@@ -85,7 +85,7 @@ def run_one(technique: Technique, prep: Prepared, granularity: str | None = None
         return record
 
     model = instance.model
-    view = CaseView(case, model, prep.prompts, prep.train_prompts, granularity, instance.seed)
+    view = CaseView.of(case, model, prep.prompts, prep.train_prompts, granularity, instance.seed)
     torch.manual_seed(instance.seed)
     start = time.perf_counter()
     try:

@@ -56,7 +56,7 @@ def _view(technique: Technique) -> CaseView:
     """A fresh model for every check (building is deterministic), so one check cannot leak into
     the next through the model."""
     case, prompts, train = _smallest_case(technique.granularity)
-    return CaseView(case, case.build(0).model, prompts, train, technique.granularity, 0)
+    return CaseView.of(case, case.build(0).model, prompts, train, technique.granularity, 0)
 
 
 def _attribute(technique: Technique, view: CaseView):

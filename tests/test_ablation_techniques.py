@@ -25,7 +25,7 @@ def built(case_name: str, seed: int):
 
 def view(case_name: str, seed: int, granularity: str) -> tuple[CaseView, object]:
     case, instance, prompts, train = built(case_name, seed)
-    return CaseView(case, instance.model, prompts, train, granularity, seed), instance.truth
+    return CaseView.of(case, instance.model, prompts, train, granularity, seed), instance.truth
 
 
 def top(scores, k: int) -> set[str]:

@@ -43,7 +43,7 @@ def test_task_behaviour_accuracy_and_abc_corruption():
     for seed in SEEDS:
         prep = prepared("ioi", seed)
         logits = prep.ablator.clean_logits
-        assert case.accuracy(logits, prep.prompts) >= 0.95, seed
+        assert case.task_metric(prep.prompts).accuracy(logits) >= 0.95, seed
         with torch.no_grad():
             corrupted = prep.ablator.metric(prep.instance.model(prep.prompts.corrupted))
         clean = prep.ablator.metric(logits)

@@ -20,7 +20,7 @@ def _view(case_name: str, granularity: str, seed: int = 0, n: int | None = None)
     """A technique's view of a prepared case; ``n`` keeps the first n test prompts (for speed)."""
     prep = prepared(case_name, seed)
     prompts = prep.prompts if n is None else prep.prompts.take(torch.arange(n))
-    return CaseView(prep.case, copy.deepcopy(prep.instance.model), prompts, prep.train_prompts,
+    return CaseView.of(prep.case, copy.deepcopy(prep.instance.model), prompts, prep.train_prompts,
                     granularity, seed)
 
 

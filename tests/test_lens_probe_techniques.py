@@ -38,7 +38,7 @@ def built():
 def _run(built, technique: str, case_name: str, seed: int, granularity: str, score: bool = True):
     case, instance, prompts, train = built(case_name, seed)
     tech = load_technique(technique)
-    scores = tech.attribute(CaseView(case, instance.model, prompts, train, granularity, seed))
+    scores = tech.attribute(CaseView.of(case, instance.model, prompts, train, granularity, seed))
     metrics = score_run(scores, instance.truth, granularity, tech.signed) if score else None
     return scores, metrics, instance.truth
 

@@ -27,7 +27,7 @@ def test_patching_runs_use_the_trimmed_path(monkeypatch):
     monkeypatch.setattr(ablation.BaseRun, "__init__", recording)
     record = run_one(load_technique("activation_patching"), prep)
     assert record.status == "ok", record.error
-    assert seen == [prep.case.metric_positions(prep.prompts)]
+    assert seen == [prep.case.task_metric(prep.prompts).positions]
     assert seen[0] == list(range(11, 20))  # the repeated half, not every position
 
 

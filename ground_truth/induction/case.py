@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
+from mibench.api import DEFAULT_SIZE, Case, Instance, MetricSpec, PromptSet, prompt_rng
 from mibench.circuit import Circuit
 from mibench.models import PlantedModel, ResidualLayout
 from mibench.models.channels import plan_channels, random_codes, random_layer_map, shuffled_readout
@@ -50,6 +50,11 @@ class Induction(Case):
     circuit = CIRCUIT
     tier = "planted"
     sizes = tuple(SHAPES)
+    #: over the repeated half (positions HALF+1 … 2·HALF−1, where induction predicts the next
+    #: token): the correct next token's logit minus the mean logit (centred, so a uniform shift of
+    #: all logits does not count as induction); accuracy: top-1 next-token prediction
+    metric = MetricSpec(reads="centred_logit", target="next_token",
+                        positions_from_end=tuple(range(HALF - 1, 0, -1)))
     description = ("previous-token head K-composes with an induction head to copy [A][B]…[A]→[B]; "
                    "every other head belongs to a look-alike induction channel writing other predictions")
 
@@ -114,21 +119,3 @@ class Induction(Case):
             wrong=torch.tensor(wrong),
             positions={k: torch.full((n,), v) for k, v in positions.items()}, split=split)
 
-    @staticmethod
-    def _targets(prompts: PromptSet) -> torch.Tensor:
-        """Next-token targets over the repeated half: positions HALF+1 … 2·HALF−1."""
-        return torch.cat([prompts.clean[:, HALF + 2:], prompts.answer[:, None]], dim=1)
-
-    def metric_positions(self, prompts: PromptSet) -> list[int]:
-        """The repeated half, where induction predicts the next token: HALF+1 … 2·HALF−1."""
-        return list(range(HALF + 1, 2 * HALF))
-
-    def metric(self, logits: torch.Tensor, prompts: PromptSet) -> torch.Tensor:
-        """Mean over the repeated half of the correct next token's logit minus the mean logit
-        (centred, so a uniform shift of all logits does not count as induction)."""
-        correct = logits.gather(-1, self._targets(prompts)[..., None])[..., 0]
-        return (correct - logits.mean(dim=-1)).mean(dim=-1)
-
-    def accuracy(self, logits: torch.Tensor, prompts: PromptSet) -> float:
-        """Top-1 accuracy of the next-token prediction over the repeated half."""
-        return float((logits.argmax(-1) == self._targets(prompts)).float().mean())

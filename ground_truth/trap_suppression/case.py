@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from mibench import names
-from mibench.api import DEFAULT_SIZE, Case, Instance, PromptSet, prompt_rng
+from mibench.api import DEFAULT_SIZE, Case, Instance, MetricSpec, PromptSet, prompt_rng
 from mibench.certificate import Check
 from mibench.circuit import Circuit
 from mibench.model.weights import head_write, logit_writes
@@ -71,6 +71,8 @@ class TrapSuppression(Case):
     circuit = CIRCUIT
     sizes = tuple(SHAPES)
     tier = "trap"
+    #: log p(answer) at the final position; accuracy: the answer is the top-1 prediction
+    metric = MetricSpec(reads="log_prob")
     description = ("a mover copies the gold item and five lures (the lures more); a suppressor "
                    "lowers the lures: the answer wins without its own logit ever moving; every "
                    "other head belongs to a look-alike mover + suppressor channel")
@@ -154,15 +156,6 @@ class TrapSuppression(Case):
             positions={"BOS": torch.zeros(n, dtype=torch.long), "GOLD": torch.tensor(gold_at),
                        "END": torch.full((n,), N_CTX - 1)},
             variables={"gold": torch.tensor(answer)}, split=split)
-
-    def metric(self, logits: torch.Tensor, prompts: PromptSet) -> torch.Tensor:
-        """log p(answer) at the final position."""
-        logp = torch.log_softmax(logits[:, -1, :], dim=-1)
-        return logp[torch.arange(logp.shape[0]), prompts.answer]
-
-    def accuracy(self, logits: torch.Tensor, prompts: PromptSet) -> float:
-        """Share of prompts whose top-1 prediction at END is the answer."""
-        return float((logits[:, -1, :].argmax(-1) == prompts.answer).float().mean())
 
     def extra_checks(self, instance: Instance, prompts: PromptSet, probe) -> list[Check]:
         """The suppressor's direct effect on the answer's logit is ~0, its direct effect on the
