@@ -149,6 +149,25 @@ class PromptSet:
     def labels(self) -> list[str]:
         return list(self.positions)
 
+    def to_tensors(self, prefix: str) -> tuple[dict[str, "torch.Tensor"], dict[str, Any]]:
+        """The set as named tensors (for a safetensors file: data, never pickle) and the layout
+        that :meth:`from_tensors` needs to rebuild it (the order of labels and variables)."""
+        tensors = {f"{prefix}.{key}": getattr(self, key).contiguous()
+                   for key in ("clean", "corrupted", "answer", "wrong")}
+        for kind in ("positions", "variables"):
+            tensors.update({f"{prefix}.{kind}.{name}": value.contiguous()
+                            for name, value in getattr(self, kind).items()})
+        return tensors, {"positions": list(self.positions), "variables": list(self.variables),
+                         "split": self.split}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, "torch.Tensor"], prefix: str,
+                     layout: dict[str, Any]) -> "PromptSet":
+        return cls(*(tensors[f"{prefix}.{key}"] for key in ("clean", "corrupted", "answer", "wrong")),
+                   positions={name: tensors[f"{prefix}.positions.{name}"] for name in layout["positions"]},
+                   variables={name: tensors[f"{prefix}.variables.{name}"] for name in layout["variables"]},
+                   split=layout["split"])
+
     def take(self, index: "torch.Tensor") -> "PromptSet":
         """The prompts at ``index`` (a LongTensor), with every per-prompt field kept aligned."""
         return PromptSet(self.clean[index], self.corrupted[index], self.answer[index], self.wrong[index],

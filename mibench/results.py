@@ -21,7 +21,8 @@ from mibench import __version__, metrics
 from mibench.files import write_atomically
 from mibench.api import DEFAULT_SIZE, MibenchError
 
-SCHEMA_VERSION = 4  # 2: provenance (commit, run time, Python / torch / transformer-lens versions); 3: prompt_sample; 4: size
+SCHEMA_VERSION = 5  # 2: provenance (commit, run time, Python / torch / transformer-lens versions); 3: prompt_sample; 4: size;
+#  5: runs in isolated workers (the run seed is derived from, not equal to, the instance seed), seeds_private
 STATUSES = ("ok", "error", "skipped", "uncertified")
 
 
@@ -91,6 +92,7 @@ class RunRecord:
     n_train_prompts: int = 0
     prompt_sample: int = 0  # which independent prompt sample of the instance (0: the main tables')
     size: str = DEFAULT_SIZE  # which model size of the case (mibench.api.SIZES)
+    seeds_private: bool = False  # the instance was built from a secret salt and ``seed`` (--seed-salt)
     runtime_s: float = 0.0
     forward_passes: float = 0.0
     backward_passes: float = 0.0

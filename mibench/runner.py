@@ -1,39 +1,66 @@
-"""The (technique × case × seed) grid: build, certify, attribute, score, record.
+"""The (technique × case × seed) grid: build, certify, attribute in a worker, score, record.
 
-Each (case, seed) is built and certified once; every technique then gets the model (reset to its
-planted weights afterwards) and a CaseView (never the truth). A technique that raises or returns
-bad scores becomes an ``error`` record and the grid goes on; a case whose certificate fails is
-recorded as ``uncertified`` and not scored; a technique whose granularity the case has no truth for
-is ``skipped`` with the reason. A rerun keeps every stored record that is still current.
+The grid is cut into units, one per (case, seed, prompt sample). A unit builds and certifies its
+instance once, writes what a CaseView holds as data and runs every technique on it in a worker
+process (:mod:`mibench.worker`: the model rebuilt from safetensors, the metric from a MetricSpec,
+no case code, imports of the truth refused, a time and a memory limit per run), then scores each
+run here, where the truth is. A technique that raises, returns bad scores, hangs, dies or runs out
+of memory becomes an ``error`` record and the grid goes on; a case whose certificate fails is
+recorded as ``uncertified`` and not scored; a technique whose granularity the case has no truth
+for is ``skipped`` with the reason. Units run one after another, in a local process pool
+(``jobs``) or as Ray tasks (:mod:`mibench.executors`); every unit computes on one thread, so the
+numbers do not depend on which ran it. A rerun keeps every stored record that is still current.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import inspect
 import time
 from collections import Counter
-import traceback
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
-
-import torch
+from typing import Callable, Iterable, Iterator
 
 from mibench import names
-from mibench.api import (DEFAULT_SIZE, Case, CaseView, Instance, MibenchError, PromptSet, Technique,
+from mibench.api import (DEFAULT_SIZE, Case, Instance, MibenchError, PromptSet, Technique, make_scores,
                          run_label, validate_scores)
 from mibench.certificate import Certificate, certify
-from mibench.model import bridge
 from mibench.model.ablation import Ablator
-from mibench.model.passes import PassCounter
 from mibench.results import RunRecord, UnusableRecord, load_record, result_path, write_record
+from mibench.sandbox import Limits, Sandbox, UnitFiles, shared
 from mibench.scoring import score_run
 
 N_TRAIN_PROMPTS = 64
 
 
+# --- seeds ---------------------------------------------------------------------------------------
+
+def _hashed(*parts: object) -> int:
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def instance_seed(seed: int, salt: str | None = None) -> int:
+    """The seed an instance is built from: ``seed`` itself, or with a secret ``salt``
+    (``--seed-salt``) a number derived from both, so that nobody without the salt can rebuild the
+    instance (a held-out leaderboard)."""
+    return seed if salt is None else _hashed("mibench instance", salt, seed)
+
+
+def run_seed(case: str, seed: int, sample: int) -> int:
+    """The seed a technique gets (``view.seed``) for an instance built from ``seed``: derived
+    from it, so a technique's randomness is reproducible, but not equal to it."""
+    return _hashed("mibench run", case, seed, sample)
+
+
+# --- one certified (case, seed) ------------------------------------------------------------------
+
 @dataclass
 class Prepared:
-    """One certified (case, seed): the instance, its prompts, the scorer's ablator, the certificate."""
+    """One certified (case, seed): the instance, its prompts, the scorer's ablators, the
+    certificate, and the unit as the worker reads it (data only)."""
 
     case: Case
     instance: Instance
@@ -42,37 +69,61 @@ class Prepared:
     ablator: Ablator
     counterfactual: Ablator  # for the counterfactual faithfulness score
     certificate: Certificate
-    weights: list[torch.Tensor]  # the planted weights, to check and restore after each technique
+    seed: int  # the seed results are filed under (the instance's, unless seeds are private)
     sample: int = 0  # which independent prompt sample of the instance
+    seeds_private: bool = False
+    files: UnitFiles = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.files = UnitFiles(self.instance.model, self.prompts, self.train_prompts, self.case.metric,
+                               self.case.name, run_seed(self.case.name, self.instance.seed, self.sample))
 
 
 def prepare(case: Case, seed: int, instance: Instance | None = None, sample: int = 0,
-            size: str = DEFAULT_SIZE) -> Prepared:
-    """Build (or take) the instance of ``seed`` at ``size``, draw its prompt sample ``sample`` and
-    certify the instance on it. An ``instance`` passed in (for example one edited to remove a
-    mechanism) is certified exactly as a built one."""
-    instance = instance if instance is not None else case.build(seed, size)
-    prompts = case.prompts(case.n_prompts, seed, "test", sample)
-    train = case.prompts(N_TRAIN_PROMPTS, seed, "train", sample)
+            size: str = DEFAULT_SIZE, seed_salt: str | None = None) -> Prepared:
+    """Build (or take) the instance of ``seed`` at ``size`` (from a private seed with
+    ``seed_salt``), draw its prompt sample ``sample`` and certify the instance on it. An
+    ``instance`` passed in (for example one edited to remove a mechanism) is certified exactly as
+    a built one."""
+    instance = instance if instance is not None else case.build(instance_seed(seed, seed_salt), size)
+    prompts = case.prompts(case.n_prompts, instance.seed, "test", sample)
+    train = case.prompts(N_TRAIN_PROMPTS, instance.seed, "train", sample)
     metric = case.task_metric(prompts)
-    ablator = Ablator(instance.model, prompts, metric, seed=seed)
-    counterfactual = Ablator(instance.model, prompts, metric, seed=seed, how="corrupted")
-    weights = [p.detach().clone() for p in instance.model.parameters()]
+    ablator = Ablator(instance.model, prompts, metric, seed=instance.seed)
+    counterfactual = Ablator(instance.model, prompts, metric, seed=instance.seed, how="corrupted")
     return Prepared(case, instance, prompts, train, ablator, counterfactual,
-                    certify(case, instance, prompts, ablator), weights, sample)
+                    certify(case, instance, prompts, ablator), seed, sample, seed_salt is not None)
 
 
-def run_one(technique: Technique, prep: Prepared, granularity: str | None = None) -> RunRecord:
-    """One (technique, case, seed) at one granularity (default: the technique's main one)."""
+def technique_ref(technique: Technique) -> str:
+    """How a worker loads ``technique`` again: its registered name when that name is this very
+    class, else the file that defines it."""
+    from mibench.registry import technique_entries
+
+    cls = type(technique)
+    entry = technique_entries().get(cls.name)
+    path = str(Path(inspect.getfile(cls)).resolve())
+    if entry is not None and entry.meta.get("class") == cls.__qualname__ and \
+            (entry.source == path or not entry.source.endswith(".py")):
+        return cls.name
+    return path
+
+
+def run_one(technique: Technique, prep: Prepared, granularity: str | None = None, *,
+            limits: Limits = Limits(), sandbox: Sandbox | None = None,
+            ref: str | None = None) -> RunRecord:
+    """One (technique, case, seed) at one granularity (default: the technique's main one): the
+    technique runs in ``sandbox``'s worker (this process's own by default), its scores are
+    checked and scored here."""
     case, instance = prep.case, prep.instance
     granularity = granularity or technique.granularity
     record = RunRecord(
         technique=run_label(technique.name, granularity, technique.granularity), case=case.name,
-        seed=instance.seed, granularity=granularity, status="ok",
+        seed=prep.seed, granularity=granularity, status="ok",
         technique_version=str(technique.version), case_version=str(case.version), case_tier=case.tier,
         truth_hash=instance.truth.digest(), n_prompts=len(prep.prompts),
         n_train_prompts=len(prep.train_prompts), prompt_sample=prep.sample, size=instance.size,
-        certificate=prep.certificate.to_json(),
+        seeds_private=prep.seeds_private, certificate=prep.certificate.to_json(),
         shape=dataclasses.asdict(names.Shape.of(instance.model)))
     if granularity not in instance.truth.granularities():
         record.status = "skipped"
@@ -84,30 +135,20 @@ def run_one(technique: Technique, prep: Prepared, granularity: str | None = None
         record.error = f"certificate failed, not scored: {prep.certificate.reason()}"
         return record
 
-    model = instance.model
-    view = CaseView.of(case, model, prep.prompts, prep.train_prompts, granularity, instance.seed)
-    torch.manual_seed(instance.seed)
-    start = time.perf_counter()
+    sandbox = sandbox or shared()
+    outcome = sandbox.run(prep.files, ref or technique_ref(technique), granularity, limits)
+    record.runtime_s = outcome.get("runtime_s", 0.0)
+    record.forward_passes = outcome.get("forward_passes", 0.0)
+    record.backward_passes = outcome.get("backward_passes", 0.0)
     try:
-        with PassCounter(model, len(prep.prompts)) as passes:
-            raw = technique.attribute(view)
-        record.runtime_s = round(time.perf_counter() - start, 4)
-        record.forward_passes = round(passes.forward_passes, 3)
-        record.backward_passes = round(passes.backward_passes, 3)
-        changed = bridge.reset(model, prep.weights)
-        scores = validate_scores(raw, view.components(), technique.name)
-        if changed:
-            raise MibenchError(f"technique {technique.name!r} changed the model's weights; "
-                               f"adapters must leave the model as they found it")
-    except Exception as exc:  # recorded as data so the rest of the grid finishes
-        bridge.reset(model, prep.weights)
-        record.runtime_s = round(time.perf_counter() - start, 4)
-        record.status = "error"
-        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-        loc = f" (at {Path(where.filename).name}:{where.lineno})" if where and not isinstance(exc, MibenchError) else ""
-        record.error = f"{type(exc).__name__}: {exc}{loc}"
+        if outcome["status"] != "ok":
+            raise MibenchError(outcome["error"])
+        # checked again here: the worker's answer is the adapter's word, not the suite's
+        components = names.components(names.Shape.of(instance.model), granularity, prep.prompts.labels)
+        scores = validate_scores(make_scores(outcome["scores"]), components, technique.name)
+    except MibenchError as exc:
+        record.status, record.error = "error", str(exc)
         return record
-
     record.scores = {k: float(v) for k, v in scores.items()}
     record.truth_labels = instance.truth.labels(granularity)
     node_level = granularity == "node"
@@ -117,33 +158,20 @@ def run_one(technique: Technique, prep: Prepared, granularity: str | None = None
     return record
 
 
-def current_record(results_dir: str | Path, label: str, technique: Technique, case: Case,
-                   instance: Instance, sample: int) -> RunRecord | None:
-    """The stored record of this run if it is complete and current: readable, of this schema, not
-    an error, and scored by the same technique and case versions against the same truth. A
-    rerun keeps such records instead of recomputing them (``--force`` recomputes)."""
-    path = result_path(results_dir, label, case.name, instance.seed, sample, instance.size)
-    if not path.is_file():
-        return None
-    try:
-        record = load_record(path)
-    except UnusableRecord:
-        return None
-    current = (record.status != "error" and record.technique_version == str(technique.version)
-               and record.case_version == str(case.version)
-               and record.truth_hash == instance.truth.digest())
-    return record if current else None
-
+# --- units -----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class RunSpec:
     """One technique at one granularity. ``asked`` is False for the extra granularities of a
     technique requested by name alone: those are run only on cases that have truth for them,
-    while the main (or an explicitly asked) granularity is recorded as skipped, with the reason."""
+    while the main (or an explicitly asked) granularity is recorded as skipped, with the reason.
+    ``ref`` is how a worker loads the technique (a registered name or a file; by default found
+    from the technique, see :func:`technique_ref`)."""
 
     technique: Technique
     granularity: str
     asked: bool = True
+    ref: str | None = None
 
     def applies_to(self, case: Case) -> bool:
         return self.asked or self.granularity in case.granularities
@@ -153,66 +181,171 @@ class RunSpec:
         return run_label(self.technique.name, self.granularity, self.technique.granularity)
 
 
+@dataclass(frozen=True)
+class UnitTask:
+    """One (case, seed, prompt sample) and the runs to do on it; plain data, so that a process
+    pool or a Ray cluster can run it. ``stored_truth`` maps the label of each run with a stored,
+    otherwise current record to that record's truth hash: the run is kept if the instance's truth
+    still has that hash."""
+
+    case: Case
+    seed: int
+    sample: int
+    size: str
+    runs: tuple[tuple[str, str, str], ...]  # (technique ref, granularity, label)
+    stored_truth: tuple[tuple[str, str], ...] = ()
+    limits: Limits = Limits()
+    seed_salt: str | None = None
+
+
+@dataclass
+class UnitResult:
+    records: list[RunRecord]  # the fresh ones, in the task's order
+    kept: set[str]  # labels of the runs whose stored record is current
+    certifying_s: float
+    techniques_s: float
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Compute on one thread, so that results do not depend on how many units run at once
+    (a parallel reduction's order depends on the thread count)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_unit(task: UnitTask) -> UnitResult:
+    """Build the unit's instance, keep the runs whose stored record is current, certify once and
+    run the rest (each technique in this process's worker)."""
+    from mibench.registry import load_technique
+
+    started = time.perf_counter()
+    with _one_thread():
+        instance = task.case.build(instance_seed(task.seed, task.seed_salt), task.size)
+        digest = instance.truth.digest()
+        kept = {label for label, stored in task.stored_truth if stored == digest}
+        to_run = [run for run in task.runs if run[2] not in kept]
+        records, certifying_s = [], 0.0
+        if to_run:
+            prep = prepare(task.case, task.seed, instance, task.sample, seed_salt=task.seed_salt)
+            certifying_s = time.perf_counter() - started
+            techniques = {ref: load_technique(ref) for ref, _, _ in to_run}
+            records = [run_one(techniques[ref], prep, granularity, limits=task.limits, ref=ref)
+                       for ref, granularity, _ in to_run]
+    return UnitResult(records, kept, certifying_s, time.perf_counter() - started - certifying_s)
+
+
+def _stored_truth(path: Path, spec: RunSpec, case: Case, private: bool) -> str | None:
+    """The truth hash of the stored record at ``path`` if it is complete and otherwise current:
+    readable, of this schema, not an error, by the same technique and case versions, with seeds
+    as private as asked. The unit then keeps it if the instance's truth still has this hash."""
+    if not path.is_file():
+        return None
+    try:
+        record = load_record(path)
+    except UnusableRecord:
+        return None
+    current = (record.status != "error" and record.technique_version == str(spec.technique.version)
+               and record.case_version == str(case.version) and record.seeds_private == private)
+    return record.truth_hash if current else None
+
+
+# --- the grid --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Execution:
+    """How units run: ``jobs`` at once in a local process pool (1: in this process), or as Ray
+    tasks (``executor="ray"``, on the cluster at ``address``; none starts a local one); the
+    per-run ``limits``; and ``seed_salt`` for private seeds."""
+
+    jobs: int = 1
+    executor: str = "local"
+    address: str | None = None
+    limits: Limits = Limits()
+    seed_salt: str | None = None
+
+
 def run_grid(specs: list[RunSpec], cases: list[Case], seeds: Iterable[int],
              results_dir: str | Path | None, progress: bool = True,
              on_record: Callable[[RunRecord, bool], None] | None = None,
              samples: Iterable[int] = (0,), size: str = DEFAULT_SIZE, force: bool = False,
-             log: Callable[[str], None] | None = None) -> list[RunRecord]:
-    """Run every spec on every case (at ``size``), seed and prompt sample, writing each record as
-    soon as it exists (so an interrupted grid keeps what it finished). Each seed's instance is built
-    once and certified on each of its prompt samples. A run whose result file in ``results_dir``
-    is complete and current (:func:`current_record`) is kept, not rerun, unless ``force``; an
-    instance whose runs are all current is not even certified. ``on_record(record, kept)`` sees
-    every record, ``kept`` telling a stored one from a fresh one; ``log`` (for output that is not
-    a terminal, where the bar does not draw) gets one line per finished (case, seed, sample)."""
+             log: Callable[[str], None] | None = None,
+             execution: Execution = Execution()) -> list[RunRecord]:
+    """Run every spec on every case (at ``size``), seed and prompt sample, writing each unit's
+    records as soon as it finishes (so an interrupted grid keeps what it finished). A run whose
+    result file in ``results_dir`` is complete and current is kept, not rerun, unless ``force``.
+    ``on_record(record, kept)`` sees every record in grid order, ``kept`` telling a stored one from
+    a fresh one; ``log`` (for output that is not a terminal, where the bar does not draw) gets
+    one line per finished (case, seed, sample). Returns the records in grid order."""
     from tqdm import tqdm
+
+    from mibench.executors import run_units
 
     seeds, samples = list(seeds), list(samples)
     for case in cases:  # before any run, so a wrong size loses nothing
         case.check_size(size)
-    records: list[RunRecord] = []
-    total = sum(spec.applies_to(case) for spec in specs for case in cases) * len(seeds) * len(samples)
+    private = execution.seed_salt is not None
+    tasks, stored, refs = [], [], {}
+    for case in cases:
+        applicable = [s for s in specs if s.applies_to(case)]
+        for seed in seeds:
+            for sample in samples:
+                paths = {spec.label: result_path(results_dir, spec.label, case.name, seed, sample, size)
+                         for spec in applicable} if results_dir is not None and not force else {}
+                digests = {spec.label: _stored_truth(paths[spec.label], spec, case, private)
+                           for spec in applicable if spec.label in paths}
+                stored.append(paths)
+                tasks.append(UnitTask(
+                    case, seed, sample, size,
+                    tuple((spec.ref or refs.setdefault(spec, technique_ref(spec.technique)),
+                           spec.granularity, spec.label) for spec in applicable),
+                    tuple((label, digest) for label, digest in digests.items() if digest),
+                    execution.limits, execution.seed_salt))
+    total = sum(len(t.runs) for t in tasks)
     started = time.perf_counter()
+    in_order: list[list[tuple[RunRecord, bool]] | None] = [None] * len(tasks)
+    emitted, done = 0, 0
     with tqdm(total=total, disable=not progress, unit="run", dynamic_ncols=True) as bar:
-        for case in cases:
-            applicable = [s for s in specs if s.applies_to(case)]
-            for seed in seeds:
-                instance = case.build(seed, size)
-                for sample in samples:
-                    unit = f"{case.name} seed {seed}" + (f" prompts {sample}" if sample else "")
-                    kept = {} if force or results_dir is None else {
-                        spec: record for spec in applicable
-                        if (record := current_record(results_dir, spec.label, spec.technique, case,
-                                                     instance, sample)) is not None}
-                    prep, unit_start, certifying_s = None, time.perf_counter(), 0.0
-                    for spec in applicable:
-                        record = kept.get(spec)
-                        if record is None:
-                            if prep is None:
-                                bar.set_description(f"{unit}: certifying")
-                                prep = prepare(case, seed, instance, sample)
-                                certifying_s = time.perf_counter() - unit_start
-                            bar.set_description(f"{unit}: {spec.technique.name}@{spec.granularity}")
-                            record = run_one(spec.technique, prep, spec.granularity)
-                            if results_dir is not None:
-                                write_record(results_dir, record)
-                        records.append(record)
-                        if on_record:
-                            on_record(record, spec in kept)
-                        bar.update(1)
-                    if log:
-                        log(_unit_line(unit, records[len(records) - len(applicable):], len(kept),
-                                       certifying_s, time.perf_counter() - unit_start,
-                                       len(records), total, time.perf_counter() - started))
-    return records
+        bar.set_description(f"{len(tasks)} units on {execution.jobs} job(s)")
+        for index, result in run_units(tasks, execution):
+            task = tasks[index]
+            fresh = iter(result.records)
+            unit_records = []
+            for _, _, label in task.runs:
+                if label in result.kept:
+                    unit_records.append((load_record(stored[index][label]), True))
+                else:
+                    record = next(fresh)
+                    if results_dir is not None:
+                        write_record(results_dir, record)
+                    unit_records.append((record, False))
+            in_order[index] = unit_records
+            done += len(unit_records)
+            bar.update(len(unit_records))
+            if log:
+                unit = f"{task.case.name} seed {task.seed}" + (f" prompts {task.sample}" if task.sample else "")
+                log(_unit_line(unit, [r for r, _ in unit_records], len(result.kept), result.certifying_s,
+                               result.techniques_s, done, total, time.perf_counter() - started))
+            while emitted < len(tasks) and in_order[emitted] is not None:  # grid order, whatever finished first
+                for record, kept in in_order[emitted]:
+                    if on_record:
+                        on_record(record, kept)
+                emitted += 1
+    return [record for unit in in_order for record, _ in unit]
 
 
-def _unit_line(unit: str, records: list[RunRecord], n_kept: int, certifying_s: float, unit_s: float,
-               done: int, total: int, elapsed_s: float) -> str:
+def _unit_line(unit: str, records: list[RunRecord], n_kept: int, certifying_s: float,
+               techniques_s: float, done: int, total: int, elapsed_s: float) -> str:
     """``[runs done/total] unit: statuses, kept, certifying and technique time, elapsed``."""
     statuses = Counter(record.status for record in records)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
     kept = f" ({n_kept} kept as current)" if n_kept else ""
     minutes, seconds = divmod(int(elapsed_s), 60)
     return (f"[{done}/{total} runs] {unit}: {counts}{kept}; certifying {certifying_s:.1f} s, "
-            f"techniques {unit_s - certifying_s:.1f} s; elapsed {minutes}:{seconds:02d}")
+            f"techniques {techniques_s:.1f} s; elapsed {minutes}:{seconds:02d}")

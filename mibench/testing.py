@@ -1,6 +1,8 @@
 """``check_technique``: the conformance suite every adapter must pass (after scikit-learn's
 ``check_estimator``). Flat ``check_<property>`` functions, each returning ``None`` on success or
 raising ``CheckFailed`` / ``CheckSkipped``; a report with one line per check and the counts.
+Every check that runs the adapter runs it as the runner does: in a worker (:mod:`mibench.worker`)
+with the runner's limits, at every granularity it declares, on a case with heads and MLPs.
 
 In a test suite::
 
@@ -19,15 +21,17 @@ from functools import lru_cache
 from typing import Callable
 
 from mibench import names
-from mibench.api import CaseView, MibenchError, Technique, validate_scores
-from mibench.model.passes import PassCounter
+from mibench.api import MibenchError, Technique, make_scores, validate_scores
+from mibench.sandbox import Limits
+
+#: The runner's per-run limits, unless ``mibench check-technique --timeout / --memory-limit``.
+LIMITS = Limits()
 
 #: The time budget, in forward-pass equivalents over the prompt set (a backward pass counts as
 #: two): measured by the pass counter, so it means the same on every machine and no check
 #: depends on wall-clock time. Work outside the model (fitting a probe, say) is not counted.
 PASS_BUDGET = 500.0
 N_PROMPTS = 16
-FORBIDDEN_IMPORTS = ("mibench.scoring", "mibench.certificate", "mibench.runner", "ground_truth")
 
 
 class CheckFailed(Exception):
@@ -38,32 +42,50 @@ class CheckSkipped(Exception):
     pass
 
 
-@lru_cache(maxsize=4)
-def _smallest_case(granularity: str):
-    """The cheapest case with truth at ``granularity``: (case, test prompts, train prompts).
+@lru_cache(maxsize=8)
+def _check_unit(granularity: str):
+    """The unit a check runs on: the smallest case (by parameters) with truth at ``granularity``
+    whose model has every component kind (heads and MLPs, so neurons too), with its components.
 
     Granularities are read from each case class itself rather than from the listing cache."""
     from mibench.registry import case_entries, load_case
+    from mibench.runner import run_seed
+    from mibench.sandbox import UnitFiles
 
-    for name in sorted(case_entries(), key=lambda n: (n != "induction", n)):
+    candidates = []
+    for name in sorted(case_entries()):
         case = load_case(name)
         if granularity in case.granularities:
-            return case, case.prompts(N_PROMPTS, 0, "test"), case.prompts(N_PROMPTS, 0, "train")
-    raise CheckSkipped(f"no case has ground truth at {granularity!r} granularity")
+            model = case.build(0).model
+            if names.Shape.of(model).d_mlp:
+                candidates.append((sum(p.numel() for p in model.parameters()), name, case, model))
+    if not candidates:
+        raise CheckSkipped(f"no case with MLPs has ground truth at {granularity!r} granularity")
+    _, _, case, model = min(candidates, key=lambda c: c[:2])
+    prompts, train = case.prompts(N_PROMPTS, 0, "test"), case.prompts(N_PROMPTS, 0, "train")
+    files = UnitFiles(model, prompts, train, case.metric, case.name, run_seed(case.name, 0, 0))
+    return files, names.components(names.Shape.of(model), granularity, prompts.labels)
 
 
-def _view(technique: Technique) -> CaseView:
-    """A fresh model for every check (building is deterministic), so one check cannot leak into
-    the next through the model."""
-    case, prompts, train = _smallest_case(technique.granularity)
-    return CaseView.of(case, case.build(0).model, prompts, train, technique.granularity, 0)
+def _run(technique: Technique, granularity: str | None = None) -> tuple[dict, list[str]]:
+    """One run in a worker, with the runner's limits: (outcome, the components it must score)."""
+    from mibench.runner import technique_ref
+    from mibench.sandbox import shared
+
+    granularity = granularity or technique.granularity
+    files, components = _check_unit(granularity)
+    return shared().run(files, technique_ref(technique), granularity, LIMITS), components
 
 
-def _attribute(technique: Technique, view: CaseView):
-    import torch
-
-    torch.manual_seed(0)
-    return technique.attribute(view)
+def _scores(technique: Technique, granularity: str | None = None):
+    """The checked scores of one run in a worker; a run that failed fails the check with its error."""
+    outcome, components = _run(technique, granularity)
+    if outcome["status"] != "ok":
+        raise CheckFailed(f"at {granularity or technique.granularity!r}: {outcome['error']}")
+    try:
+        return validate_scores(make_scores(outcome["scores"]), components, technique.name), outcome
+    except MibenchError as exc:
+        raise CheckFailed(str(exc)) from exc
 
 
 def check_metadata(technique: Technique) -> None:
@@ -79,54 +101,48 @@ def check_metadata(technique: Technique) -> None:
 
 
 def check_never_sees_truth(technique: Technique) -> None:
-    """The adapter imports nothing that holds the truth, and its view carries none."""
+    """The adapter's file imports nothing the worker refuses (the truth-bearing modules): said
+    here, before any run; at run time the worker refuses the import however it is spelled."""
+    from mibench.worker import refused
+
     source = inspect.getsource(inspect.getmodule(type(technique)))
     for node in ast.walk(ast.parse(source)):
         modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
             [node.module or ""] if isinstance(node, ast.ImportFrom) else []
         for module in modules:
-            if module.startswith(FORBIDDEN_IMPORTS):
-                raise CheckFailed(f"imports {module}, which can reach the ground truth")
-        if isinstance(node, ast.Attribute) and node.attr in ("truth", "_metric", "__closure__", "__self__"):
-            raise CheckFailed(f"reads `.{node.attr}`; techniques never see the truth or the case")
+            if refused(module):
+                raise CheckFailed(f"imports {module}, which can reach the ground truth; the worker "
+                                  f"refuses it")
 
 
 def check_output_index_and_values(technique: Technique) -> None:
-    view = _view(technique)
-    try:
-        validate_scores(_attribute(technique, view), view.components(), technique.name)
-    except MibenchError as exc:
-        raise CheckFailed(str(exc)) from exc
+    """In a worker, under the runner's limits, at every granularity the adapter declares: finite
+    scores for exactly the components of a case that has heads, MLPs and neurons."""
+    for granularity in technique.supported_granularities():
+        _scores(technique, granularity)
 
 
 def check_deterministic(technique: Technique) -> None:
-    view = _view(technique)
-    first, second = _attribute(technique, view), _attribute(technique, view)
+    first, second = _scores(technique)[0], _scores(technique)[0]
     if not first.sort_index().equals(second.sort_index()):
         diff = (first.sort_index() - second.sort_index()).abs().max()
         raise CheckFailed(f"two runs with the same seed differ (max difference {diff:.3g})")
 
 
 def check_leaves_weights_unchanged(technique: Technique) -> None:
-    import torch
-
-    view = _view(technique)
-    before = [p.detach().clone() for p in view.model.parameters()]
-    _attribute(technique, view)
-    if any(not torch.equal(a, b.detach()) for a, b in zip(before, view.model.parameters())):
+    outcome, _ = _run(technique)
+    if outcome["status"] != "ok" and "changed the model's weights" in outcome["error"]:
         raise CheckFailed("the model's weights changed during attribute()")
 
 
 def check_time_budget(technique: Technique) -> None:
-    """Finishes within PASS_BUDGET forward-pass equivalents on the smallest case."""
-    view = _view(technique)
-    with PassCounter(view.model, len(view.prompts)) as passes:
-        _attribute(technique, view)
-    cost = passes.forward_passes + 2 * passes.backward_passes
+    """Finishes within PASS_BUDGET forward-pass equivalents on the check's case."""
+    _, outcome = _scores(technique)
+    forward, backward = outcome["forward_passes"], outcome["backward_passes"]
+    cost = forward + 2 * backward
     if cost > PASS_BUDGET:
-        raise CheckFailed(f"used {passes.forward_passes:g} forward + {passes.backward_passes:g} backward "
-                          f"passes on {N_PROMPTS} prompts of the smallest case ({cost:g} forward-pass "
-                          f"equivalents; budget {PASS_BUDGET:g})")
+        raise CheckFailed(f"used {forward:g} forward + {backward:g} backward passes on {N_PROMPTS} "
+                          f"prompts ({cost:g} forward-pass equivalents; budget {PASS_BUDGET:g})")
 
 
 CHECKS: list[Callable[[Technique], None]] = [

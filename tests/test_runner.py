@@ -9,13 +9,19 @@ import torch
 
 from conftest import prepared
 from mibench.api import Technique, make_scores
+from mibench import worker
 from mibench.model import ablation
 from mibench.registry import load_case, load_technique
 from mibench.runner import RunSpec, run_grid, run_one
 
 
+def _worker_view(prep, granularity="node"):
+    """The view a worker builds for this unit, from its data alone, here in the test's process."""
+    return worker.view_of(worker.load_unit(prep.files.folder), granularity)
+
+
 def test_patching_runs_use_the_trimmed_path(monkeypatch):
-    """Exact patching through the runner unembeds only the positions the case's metric reads."""
+    """Exact patching on the view a worker builds unembeds only the positions the metric reads."""
     prep = prepared("induction", 0)
     seen = []
     original = ablation.BaseRun.__init__
@@ -25,22 +31,22 @@ def test_patching_runs_use_the_trimmed_path(monkeypatch):
         original(self, model, tokens, positions, read_positions)
 
     monkeypatch.setattr(ablation.BaseRun, "__init__", recording)
-    record = run_one(load_technique("activation_patching"), prep)
-    assert record.status == "ok", record.error
+    load_technique("activation_patching").attribute(_worker_view(prep))
     assert seen == [prep.case.task_metric(prep.prompts).positions]
     assert seen[0] == list(range(11, 20))  # the repeated half, not every position
 
 
 def test_trimmed_scores_equal_untrimmed(monkeypatch):
-    """The trimmed path changes the cost, not the numbers."""
+    """The trimmed path changes the cost, not the numbers; and the worker's scores are these."""
     prep = prepared("ioi", 0)
-    trimmed = run_one(load_technique("activation_patching"), prep).scores
+    trimmed = load_technique("activation_patching").attribute(_worker_view(prep))
+    assert trimmed.to_dict() == run_one(load_technique("activation_patching"), prep).scores
     original = ablation.BaseRun.__init__
     monkeypatch.setattr(ablation.BaseRun, "__init__",
                         lambda self, model, tokens, positions=None, read_positions=None:
                         original(self, model, tokens, positions, None))
-    full = run_one(load_technique("activation_patching"), prep).scores
-    assert pd.Series(trimmed).sub(pd.Series(full)).abs().max() < 1e-5
+    full = load_technique("activation_patching").attribute(_worker_view(prep))
+    assert trimmed.sub(full).abs().max() < 1e-5
 
 
 def test_granularity_without_truth_is_skipped_with_the_reason():
@@ -50,19 +56,10 @@ def test_granularity_without_truth_is_skipped_with_the_reason():
     assert "no ground truth at 'site'" in record.error and "node, edge, layer" in record.error
 
 
-class _Mutates(Technique):
-    name = "mutates_weights"
-
-    def attribute(self, view):
-        with torch.no_grad():
-            next(view.model.parameters()).add_(1.0)
-        return make_scores({c: 0.0 for c in view.components()})
-
-
-def test_a_technique_that_changes_weights_is_an_error_and_the_model_is_restored():
+def test_a_technique_that_changes_weights_is_an_error_and_the_model_is_untouched(fixture_technique):
     prep = prepared("induction", 0)
     before = [p.detach().clone() for p in prep.instance.model.parameters()]
-    record = run_one(_Mutates(), prep)
+    record = run_one(load_technique(fixture_technique("mutates_weights")), prep)
     assert record.status == "error" and "changed the model's weights" in record.error
     assert all(torch.equal(a, b) for a, b in zip(before, prep.instance.model.parameters()))
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+from pathlib import Path
 
 from mibench.api import MibenchError, split_label
 from mibench.names import GRANULARITIES
@@ -78,12 +79,14 @@ def load_runs(labels: list[str]) -> list:
     for label in labels:
         name, granularity = split_label(label)
         technique = load_technique(name)
+        # how a worker loads it again: the name, or the file's absolute path (cwd may differ there)
+        ref = str(Path(name).resolve()) if is_path(name) else name
         supported = technique.supported_granularities()
         if granularity is not None and granularity not in supported:
             raise MibenchError(f"technique {technique.name!r} does not score {granularity!r}; "
                                f"it scores {', '.join(supported)}")
         if granularity:
-            runs.append(RunSpec(technique, granularity))
+            runs.append(RunSpec(technique, granularity, ref=ref))
         else:
-            runs += [RunSpec(technique, g, asked=g == technique.granularity) for g in supported]
+            runs += [RunSpec(technique, g, asked=g == technique.granularity, ref=ref) for g in supported]
     return runs

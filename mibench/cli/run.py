@@ -7,9 +7,32 @@ import sys
 HELP = "run techniques on known circuits and record scored results"
 
 
+SALT_ENV = "MIBENCH_SEED_SALT"
+
+
+def _positive(kind):
+    def parse(text: str):
+        import argparse
+
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+_positive_int, _positive_float = _positive(int), _positive(float)
+
+
 def add_arguments(parser) -> None:
     from mibench.api import LEADERBOARD_SIZE, SIZES
     from mibench.cli.common import DEFAULT_RESULTS
+    from mibench.executors import EXECUTORS
+    from mibench.sandbox import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S
 
     parser.add_argument("--technique", required=True,
                         help="technique name(s), comma-separated ('name@granularity' for one granularity), "
@@ -27,6 +50,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="rerun every run; by default a run whose result file is complete and current "
                              "(same technique and case versions, same truth; not an error) is kept")
+    parser.add_argument("--jobs", type=_positive_int, default=None,
+                        help="(case, seed) units run at once in a local process pool (default: the "
+                             "machine's cores); results do not depend on it")
+    parser.add_argument("--executor", choices=EXECUTORS, default="local",
+                        help="'local' (a process pool) or 'ray' (Ray tasks; pip install \"mibench[ray]\")")
+    parser.add_argument("--address", default=None,
+                        help="with --executor ray: the cluster to join (e.g. auto or ray://host:10001); "
+                             "default: start a local one")
+    parser.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S,
+                        help=f"seconds one run may take before it is stopped and recorded as an error "
+                             f"(default: {DEFAULT_TIMEOUT_S:g})")
+    parser.add_argument("--memory-limit", type=_positive_float, default=DEFAULT_MEMORY_GB,
+                        help=f"GiB one run may allocate beyond its worker's own before it fails as an "
+                             f"error (default: {DEFAULT_MEMORY_GB:g})")
+    parser.add_argument("--seed-salt", default=None,
+                        help=f"build instances from private seeds derived from this secret (or set "
+                             f"{SALT_ENV}): a held-out leaderboard nobody can rebuild; results record "
+                             f"that seeds were private, never the salt")
     parser.add_argument("--json", action="store_true", help="print one JSON object per run instead of a table")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar (or, when not on a terminal, the progress lines)")
 
@@ -55,7 +96,19 @@ def main(args) -> int:
     cases = [load_case(n) for n in case_names(args.case)]
     techniques = load_runs(technique_names(args.technique))
 
-    from mibench.runner import run_grid
+    import os
+
+    from mibench.api import MibenchError
+    from mibench.executors import default_jobs
+
+    if args.address and args.executor != "ray":
+        raise MibenchError("--address names a Ray cluster; add --executor ray")
+    from mibench.runner import Execution, run_grid
+    from mibench.sandbox import Limits
+
+    execution = Execution(jobs=args.jobs or default_jobs(), executor=args.executor, address=args.address,
+                          limits=Limits(args.timeout, args.memory_limit),
+                          seed_salt=args.seed_salt or os.environ.get(SALT_ENV) or None)
 
     n_kept = 0
 
@@ -69,7 +122,7 @@ def main(args) -> int:
     terminal = sys.stderr.isatty()
     records = run_grid(techniques, cases, seeds, args.results,
                        progress=not args.no_progress and terminal, on_record=emit,
-                       samples=samples, size=args.size, force=args.force,
+                       samples=samples, size=args.size, force=args.force, execution=execution,
                        log=None if args.no_progress or terminal else
                        (lambda line: print(line, file=sys.stderr, flush=True)))
     if not args.json:
