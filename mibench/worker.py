@@ -27,6 +27,7 @@ naming the module, and its run becomes an error run that says so.
 """
 from __future__ import annotations
 
+import gc
 import importlib.abc
 import json
 import os
@@ -254,6 +255,9 @@ def serve(requests, answers) -> None:
         try:
             if request["op"] == "load":
                 unit = load_unit(request["dir"])
+                # what is loaded now stays: the collector leaves it alone, so a child does not
+                # copy every page of it (copy-on-write) when its first collection walks the heap
+                gc.freeze()
                 answer: dict[str, Any] = {"status": "ok"}
             elif request["op"] == "run":
                 if unit is None:
