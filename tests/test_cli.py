@@ -91,6 +91,11 @@ def test_list_and_leaderboard(tmp_path):
     assert "| dla" in first and "induction" in first
     _cli("leaderboard", "--results", str(results), "--out", str(tmp_path), "--size", "small")
     assert (tmp_path / "LEADERBOARD.md").read_text() == first  # byte-identical regeneration
+    # private-seed results beside public ones: refused, not blended into one table
+    assert _cli("run", "--technique", "dla", "--case", "induction", "--seeds", "2", "--size", "small",
+                "--results", str(results), "--seed-salt", "s3cret")[0] == 0
+    code, _, err = _cli("leaderboard", "--results", str(results), "--out", str(tmp_path), "--size", "small")
+    assert code == 2 and "mixes results on private seeds" in err and len(err.strip().splitlines()) == 1
 
 
 def test_verify_prints_certificates():

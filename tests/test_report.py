@@ -99,6 +99,29 @@ def test_drill_down(results):
     for text in ("Ranked components", "name_mover", "◀ truth", "Missed truth components",
                  "Certificate (pass)", "backup compensation"):
         assert text in proc.stdout
+    assert "by |score|: the technique's scores are signed effects" in proc.stdout  # dla is signed
+
+
+def test_drill_down_ranks_an_unsigned_technique_by_its_score(results, tmp_path):
+    """random is unsigned: its listing follows the score (as scoring ranks it), not |score|."""
+    import json
+
+    path = results / "random" / "induction" / "small" / "seed0.json"
+    record = json.loads(path.read_text())
+    lowest = min(record["scores"], key=record["scores"].get)
+    record["scores"][lowest] = -1e6  # the largest magnitude, yet the lowest score
+    copy = tmp_path / "random" / "induction" / "small" / "seed0.json"
+    copy.parent.mkdir(parents=True)
+    copy.write_text(json.dumps(record))
+    proc = subprocess.run([sys.executable, "-m", "mibench.cli.main", "report", "--technique", "random",
+                           "--case", "induction", "--seed", "0", "--size", "small", "--results",
+                           str(tmp_path), "--top", "1000"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    ranked = [line.split()[1] for line in proc.stdout.splitlines() if re.match(r"\s*\d+\s+\S", line)]
+    assert "Ranked components (by score)" in proc.stdout and ranked[-1] == lowest
+
+
+def test_drill_down_unknown_technique(results):
     proc = subprocess.run([sys.executable, "-m", "mibench.cli.main", "report", "--technique", "dlaa",
                            "--case", "ioi", "--results", str(results)], capture_output=True, text=True)
     assert proc.returncode == 2 and "Did you mean 'dla'" in proc.stderr

@@ -30,6 +30,9 @@ def main(args) -> int:
     if not records:
         raise MibenchError(f"no {args.size} results under {args.results}; run `mibench run --size "
                            f"{args.size}` first or pass --size")
+    if len({r.seeds_private for r in records}) > 1:
+        raise MibenchError(f"{args.results} mixes results on private seeds (--seed-salt) with results "
+                           f"on public ones; keep them in separate --results folders")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     md, page = out / "LEADERBOARD.md", out / "report.html"

@@ -50,10 +50,13 @@ def main(args) -> int:
         print("  " + ", ".join(shown)
               + f"   k = {metrics['k']}, runtime {record.runtime_s:.2f}s, "
                 f"passes {record.forward_passes:g} fwd + {record.backward_passes:g} bwd")
-        ranked = sorted(record.scores.items(), key=lambda kv: -abs(kv[1]))
+        signed = _signed(record.technique)
+        # the order scoring ranked by: magnitude for signed effects, the score itself otherwise
+        ranked = sorted(record.scores.items(), key=lambda kv: -abs(kv[1]) if signed else -kv[1])
         rows = [[i + 1, name, f"{value:+.4f}", truth.get(name, ""), "◀ truth" if name in truth else ""]
                 for i, (name, value) in enumerate(ranked[: args.top])]
-        print("\nRanked components (by |score|)")
+        print("\nRanked components (" + ("by |score|: the technique's scores are signed effects)"
+                                         if signed else "by score)"))
         print(tabulate(rows, headers=["rank", "component", "score", "truth role", ""], disable_numparse=True))
         missed = metrics["failures"]["missed"]
         print("\nMissed truth components: " + (", ".join(f"{m['component']} ({m['role']}, rank {m['rank']})"
@@ -71,3 +74,13 @@ def main(args) -> int:
                          "pass" if c["passed"] else "FAIL"] for c in cert["checks"]],
                        headers=["check", "value", "needs", ""], disable_numparse=True))
     return 0
+
+
+def _signed(label: str) -> bool:
+    """Whether the technique behind a run label scores signed effects (scoring then ranks by
+    magnitude); an adapter that is no longer registered is taken as signed, the safer reading."""
+    from mibench.api import split_label
+    from mibench.registry import technique_entries
+
+    entry = technique_entries().get(split_label(label)[0])
+    return bool(entry.meta.get("signed", True)) if entry else True

@@ -104,28 +104,6 @@ def unembed_final(model, resid: torch.Tensor, positions: list[int] | None = None
 
 # --- workarounds ------------------------------------------------------------------------------
 
-def reset(model, weights: list[torch.Tensor]) -> bool:
-    """Put the model back as it was built (``weights`` = its parameters, cloned); return whether
-    any weight had changed. Also removes every hook and the bridge's per-forward capture.
-
-    Techniques share one model per (case, seed) instead of a deep copy: a TransformerBridge
-    block's capture hook keeps a reference to the model it was built on, so a deep copy still
-    writes into (and can break) the original."""
-    changed = False
-    with torch.no_grad():
-        for param, saved in zip(model.parameters(), weights):
-            if not torch.equal(param, saved):
-                changed = True
-                param.copy_(saved)
-            param.requires_grad_(True)
-            param.grad = None
-    model.reset_hooks(including_permanent=True)
-    for module in model.modules():  # the bridge's per-forward capture of the pre-LN residual
-        if getattr(module, "_captured_pre_ln_residual", None) is not None:
-            module._captured_pre_ln_residual = None
-    return changed
-
-
 def release_graph(model, tokens: torch.Tensor) -> None:
     """Run one prompt without gradients so that no tensor of a gradient-enabled run stays
     referenced by the model.
