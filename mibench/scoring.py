@@ -161,18 +161,42 @@ def rank_for_scoring(scores: pd.Series, signed: bool) -> pd.Series:
     return values.abs() if signed else values.copy()
 
 
+#: How far above the non-truth components a truth component's value must be to count as found by
+#: :func:`recall_by_role`: Iglewicz and Hoaglin's (1993) outlier rule, a modified z-score
+#: ``0.6745 (x - median) / MAD`` above 3.5, with the median and MAD of the non-truth values.
+STANDOUT_Z = 3.5
+
+
+def noise_ceiling(values: pd.Series, truth_labels: dict[str, str]) -> float:
+    """The value a component must exceed to stand out from the non-truth components: their median
+    plus :data:`STANDOUT_Z` robust standard deviations (MAD / 0.6745). Where the MAD is 0 the mean
+    absolute deviation stands in (scaled by 1.2533, as for the MAD, to a standard deviation of
+    normal data); where every non-truth value is equal, anything above them stands out; with no
+    non-truth component, everything does (-inf)."""
+    noise = _series(values).drop([n for n in truth_labels if n in values.index]).to_numpy()
+    if noise.size == 0:
+        return float("-inf")
+    median = float(np.median(noise))
+    deviations = np.abs(noise - median)
+    mad = float(np.median(deviations))
+    scale = mad / 0.6745 if mad > 0 else 1.2533 * float(deviations.mean())
+    return median + STANDOUT_Z * scale
+
+
 def recall_by_role(scores: pd.Series, truth_labels: dict[str, str], k: int) -> dict[str, float]:
-    """Recall@k within each role: expected number of the role's members in the top ``k`` (ties at
-    the boundary shared as in :func:`precision_recall_f1_at_k`) over the role's size. Roles in
-    sorted order."""
+    """Per role, the share of its members *found*: in the top ``k`` (ties at the boundary shared as
+    in :func:`precision_recall_f1_at_k`) **and** standing out from the non-truth components (above
+    :func:`noise_ceiling`). A backup head that reaches the top k with a noise-level score is not
+    found: a researcher reading the scores could not tell it from the rest. Roles in sorted order."""
     k = _check_k(k)
     values = _series(scores)
     _check_members(values, truth_labels)
     weights = pd.Series(_topk_weights(values.to_numpy(), k), index=values.index)
+    found = weights * (values > noise_ceiling(values, truth_labels))
     by_role: dict[str, list[str]] = {}
     for name, role in truth_labels.items():
         by_role.setdefault(role, []).append(name)
-    return {role: float(weights[members].sum() / len(members))
+    return {role: float(found[members].sum() / len(members))
             for role, members in sorted(by_role.items())}
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from mibench.api import Truth
 from mibench.scoring import (aggregate, auroc, average_precision, failures, faithfulness,
-                             precision_recall_f1_at_k, rank_for_scoring, recall_by_role, score_run)
+                             noise_ceiling, precision_recall_f1_at_k, rank_for_scoring, recall_by_role,
+                             score_run)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,14 +151,28 @@ ROLES = {"a0.h0": "prev", "a1.h0": "ind", "a1.h1": "ind"}
 
 
 def test_recall_by_role():
-    # k=3: boundary score 3; 4 above (1 slot used), 2 slots for the 2 tied → weights [1, 1, 1, 0]
-    # prev: a0.h0 → 1/1; ind: a1.h0 (1) + a1.h1 (0) over 2 → ½
-    assert recall_by_role(SCORES, ROLES, 3) == {"ind": 0.5, "prev": 1.0}
-    # k=2: 1 slot for 2 tied at 3 → a0.h1, a1.h0 get ½ each; ind: (½ + 0)/2 = ¼
-    assert recall_by_role(SCORES, ROLES, 2) == pytest.approx({"ind": 0.25, "prev": 1.0})
-    # all equal, k=3: each of 4 items in with probability ¾
-    flat = pd.Series(0.0, index=SCORES.index)
-    assert recall_by_role(flat, ROLES, 3) == pytest.approx({"ind": 0.75, "prev": 0.75})
+    # non-truth values 0.1, 0.2, 0.3, 0.2, 0.1, 0.3: median 0.2, MAD 0.1 → noise ceiling
+    # 0.2 + 3.5 · 0.1 / 0.6745 = 0.7189
+    noise = {f"n{i}": v for i, v in enumerate([0.1, 0.2, 0.3, 0.2, 0.1, 0.3])}
+    roles = {"a": "name_mover", "b": "backup", "c": "backup"}
+    assert noise_ceiling(pd.Series({"a": 9.0, "b": 0.0, "c": 0.0, **noise}), roles) == pytest.approx(
+        0.2 + 3.5 * 0.1 / 0.6745)
+    # k=3: b is in the top k (rank 2) but at a noise-level score: not found; c is below the top k
+    quiet = pd.Series({"a": 9.0, "b": 0.35, "c": 0.05, **noise})
+    assert recall_by_role(quiet, roles, 3) == {"backup": 0.0, "name_mover": 1.0}
+    loud = quiet.replace({0.35: 0.8})
+    assert recall_by_role(loud, roles, 3) == {"backup": 0.5, "name_mover": 1.0}
+    # ties at the k-th score share the remaining slots (k=2: b and c tied for 1 slot → ½ each)
+    tied = pd.Series({"a": 9.0, "b": 5.0, "c": 5.0, **noise})
+    assert recall_by_role(tied, roles, 2) == pytest.approx({"backup": 0.5, "name_mover": 1.0})
+    # the MAD is 0 (most non-truth values equal): the mean absolute deviation stands in
+    flat_noise = pd.Series({"a": 9.0, "b": 0.5, "c": 0.0, "n0": 0.0, "n1": 0.0, "n2": 0.0, "n3": 0.3})
+    assert noise_ceiling(flat_noise, roles) == pytest.approx(3.5 * 1.2533 * 0.075)
+    # (0.329): b at 0.5 stands out, c at 0 does not
+    assert recall_by_role(flat_noise, roles, 3) == {"backup": 0.5, "name_mover": 1.0}
+    # every component equal: nothing stands out, nothing is found
+    flat = pd.Series(0.0, index=quiet.index)
+    assert recall_by_role(flat, roles, 3) == {"backup": 0.0, "name_mover": 0.0}
 
 
 def test_failures_content():
@@ -217,7 +232,8 @@ def test_score_run_node():
     assert out["recall_at_k"] == pytest.approx(2 / 3)
     assert out["f1_at_k"] == pytest.approx(2 / 3)
     assert out["k"] == 3 and out["n_components"] == 4
-    assert out["recall_by_role"] == {"ind": 0.5, "prev": 1.0}
+    # the one non-truth value (3) is the noise ceiling: a1.h0, tied with it, is not found
+    assert out["recall_by_role"] == {"ind": 0.0, "prev": 1.0}
     assert out["failures"]["missed"][0]["component"] == "a1.h1"
     assert out["faithfulness"] is None and out["faithfulness_curve"] is None
     assert "answer_layer_error" not in out
