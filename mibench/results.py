@@ -22,7 +22,8 @@ from mibench.files import write_atomically
 from mibench.api import DEFAULT_SIZE, MibenchError
 
 SCHEMA_VERSION = 5  # 2: provenance (commit, run time, Python / torch / transformer-lens versions); 3: prompt_sample; 4: size;
-#  5: runs in isolated workers (the run seed is derived from, not equal to, the instance seed), seeds_private
+#  5: runs in isolated workers (the run seed is derived from, not equal to, the instance seed), seeds_private,
+#  machine, certifying_s
 STATUSES = ("ok", "error", "skipped", "uncertified")
 
 
@@ -34,6 +35,23 @@ class Provenance:
     python_version: str
     torch_version: str | None  # None if not installed
     transformer_lens_version: str | None
+    machine: str  # what a runtime was measured on: architecture, cores, CPU model
+
+
+def _machine() -> str:
+    """``x86_64, 2 cores, <CPU model>``: enough to say where a runtime comes from, nothing
+    identifying (no host name)."""
+    import os
+
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = ", " + line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        model = f", {platform.processor()}" if platform.processor() else ""
+    return f"{platform.machine()}, {os.cpu_count()} cores{model}"
 
 
 def _git_commit(package: Path) -> str | None:
@@ -70,7 +88,8 @@ def provenance() -> Provenance:
     return Provenance(mibench_commit=_git_commit(Path(__file__).parent),
                       python_version=platform.python_version(),
                       torch_version=_installed_version("torch"),
-                      transformer_lens_version=_installed_version("transformer-lens"))
+                      transformer_lens_version=_installed_version("transformer-lens"),
+                      machine=_machine())
 
 
 def _utc_now() -> str:
@@ -93,7 +112,8 @@ class RunRecord:
     prompt_sample: int = 0  # which independent prompt sample of the instance (0: the main tables')
     size: str = DEFAULT_SIZE  # which model size of the case (mibench.api.SIZES)
     seeds_private: bool = False  # the instance was built from a secret salt and ``seed`` (--seed-salt)
-    runtime_s: float = 0.0
+    runtime_s: float = 0.0  # the technique's own time in its worker
+    certifying_s: float = 0.0  # building and certifying the instance, once per (case, seed) for all its runs
     forward_passes: float = 0.0
     backward_passes: float = 0.0
     error: str | None = None
@@ -108,6 +128,7 @@ class RunRecord:
     python_version: str = field(default_factory=lambda: provenance().python_version)
     torch_version: str | None = field(default_factory=lambda: provenance().torch_version)
     transformer_lens_version: str | None = field(default_factory=lambda: provenance().transformer_lens_version)
+    machine: str = field(default_factory=lambda: provenance().machine)
     created_utc: str = field(default_factory=_utc_now)  # ISO 8601
     schema_version: int = SCHEMA_VERSION
 
