@@ -41,20 +41,38 @@ def _local(tasks: list["UnitTask"], jobs: int) -> Iterator[tuple[int, "UnitResul
         for index, task in enumerate(tasks):
             yield index, run_unit(task)
         return
+    import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from multiprocessing import get_context
 
     # spawn, not fork: a forked copy of this process would inherit its threads and open files
-    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=get_context("spawn")) as pool:
-        pending = {pool.submit(run_unit, task): index for index, task in enumerate(tasks)}
-        try:
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    yield pending.pop(future), future.result()
-        finally:  # Ctrl-C or a failed unit: drop what has not started
-            for future in pending:
-                future.cancel()
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_die_with_parent, initargs=(os.getpid(),))
+    pending = {pool.submit(run_unit, task): index for index, task in enumerate(tasks)}
+    try:
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                yield pending.pop(future), future.result()
+    finally:
+        if pending:  # interrupted (Ctrl-C, SIGTERM) or a unit failed: stop the units still running
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in multiprocessing.active_children():  # the pool's; their workers follow
+                process.terminate()
+        pool.shutdown(wait=True)
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a pool process: ask the kernel for SIGTERM when the process that started the pool ends
+    (Linux), so a driver that is killed leaves no pool process, and no worker, behind."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: a killed driver may leave its pool running
+        return
+    if os.getppid() != parent:  # the driver ended before the request took effect
+        os._exit(1)
 
 
 def _ray(tasks: list["UnitTask"], address: str | None) -> Iterator[tuple[int, "UnitResult"]]:

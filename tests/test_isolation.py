@@ -3,8 +3,12 @@ and the same numbers whichever executor ran the grid."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +112,51 @@ def test_ray_tasks_give_the_numbers_of_the_local_pool():
         assert _grid(Execution(executor="ray")) == _grid(Execution(jobs=2))
     finally:
         ray.shutdown()
+
+
+def _descendants(root: int) -> set[int]:
+    """Every live process under ``root`` (from /proc), workers in their own sessions included."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process tree from /proc (Linux)")
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupted_parallel_grid_exits_at_once_keeps_its_results_and_leaves_no_process(
+        tmp_path, fixture_technique, how):
+    """Ctrl-C (SIGINT to the terminal's process group) or SIGTERM (to the driver alone) while two
+    units hang in their workers: exit 130 within seconds, saying that written results are kept
+    (test_runner checks that they are), and no pool process, worker or run left behind."""
+    log = tmp_path / "stderr"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "mibench.cli.main", "run", "--technique", f"dla,{fixture_technique('hangs')}",
+         "--case", "induction", "--seeds", "0,1", "--size", "small", "--jobs", "2",
+         "--results", str(tmp_path / "results")],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=log.open("w"),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal starts it
+    deadline = time.monotonic() + 120
+    while len(_descendants(driver.pid)) < 6:  # 2 pool processes, their 2 workers, 2 hanging runs
+        assert driver.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.5)
+    time.sleep(1)
+    processes = _descendants(driver.pid)
+    if how == "ctrl-c":
+        os.killpg(driver.pid, signal.SIGINT)
+    else:
+        driver.send_signal(signal.SIGTERM)
+    assert driver.wait(timeout=30) == 130, log.read_text()
+    assert "interrupted; results already written are kept" in log.read_text()
+    time.sleep(2)
+    alive = {p for p in processes if Path(f"/proc/{p}").exists()}
+    assert not alive, f"left running: {alive}"

@@ -34,8 +34,21 @@ def _silence_stdout() -> None:
     os.dup2(devnull, sys.stdout.fileno())
 
 
+def _interrupt_on_sigterm() -> None:
+    """Handle SIGTERM (a scheduler or `kill` stopping a run) as Ctrl-C: the same cleanup, results
+    already written kept, exit 130 (by default Python would die without its cleanup)."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:  # the command line, not a test calling main(): own the process's signals
+        _interrupt_on_sigterm()
     try:
         code = SUBCOMMANDS[args.command].main(args)
         sys.stdout.flush()  # so that a closed pipe shows up here rather than at interpreter exit
