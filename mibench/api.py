@@ -277,6 +277,8 @@ class Case(ABC):
     granularities: ClassVar[tuple[str, ...]] = ("node",)
     citation: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    #: A trap's failure mode in a few words (the leaderboard's "survives … / fooled by …"); "" elsewhere
+    failure_mode: ClassVar[str] = ""
     #: Roles exempt from the single-node necessity check, each with the reason (for example a
     #: backup head that is silent until the main head is ablated). Their own check replaces it.
     necessity_exempt: ClassVar[dict[str, str]] = {}

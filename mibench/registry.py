@@ -63,7 +63,7 @@ def _technique_metadata(cls: type[Technique]) -> dict[str, Any]:
 def _case_metadata(cls: type[Case]) -> dict[str, Any]:
     return {"class": cls.__qualname__, "name": cls.name, "tier": cls.tier,
             "granularities": list(cls.granularities), "sizes": list(cls.sizes),
-            "description": cls.description, "citation": cls.citation}
+            "description": cls.description, "failure_mode": cls.failure_mode, "citation": cls.citation}
 
 
 TECHNIQUES = _Kind("technique", Technique, _technique_metadata, reads_its_folder=False)

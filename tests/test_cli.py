@@ -84,11 +84,11 @@ def test_list_and_leaderboard(tmp_path):
     # a rerun keeps the 8 current results (dla; random at node, edge, layer) instead of rewriting them
     code, out, _ = _cli(*run)
     assert code == 0 and "0 runs written" in out and "8 current results kept" in out
-    assert f"next: mibench leaderboard --size small --results {results} --out {results}" in out
-    code, out, err = _cli("leaderboard", "--results", str(results), "--out", str(tmp_path), "--size", "small")
+    assert f"next: mibench leaderboard --size small --results {results}   (LEADERBOARD.md" in out
+    code, out, err = _cli("leaderboard", "--results", str(results), "--size", "small")  # written beside them
     assert code == 0, err
-    first = (tmp_path / "LEADERBOARD.md").read_text()
-    assert "| dla" in first and "induction" in first
+    first = (results / "LEADERBOARD.md").read_text()
+    assert "| dla" in first and "induction" in first and (results / "RUNTIMES.md").is_file()
     _cli("leaderboard", "--results", str(results), "--out", str(tmp_path), "--size", "small")
     assert (tmp_path / "LEADERBOARD.md").read_text() == first  # byte-identical regeneration
     # private-seed results beside public ones: refused, not blended into one table
@@ -159,3 +159,30 @@ def test_report_reads_through_the_schema_check(tmp_path, capsys):
                  "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert str(path) in err and f"schema_version 1, expected {SCHEMA_VERSION}" in err and len(err.splitlines()) == 1
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout the tests run from")
+def test_the_quick_start_leaves_a_fresh_clone_clean_and_says_what_next(tmp_path):
+    """The README's first command, on one instance: results go to ./mibench-results (ignored by
+    git), never into the committed leaderboard, and the run ends with where they went and the
+    next commands."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--shared", str(ROOT), str(clone)], check=True)
+    code, out, err = _cli("run", "--technique", "activation_patching", "--case", "induction",
+                          "--seeds", "0", "--size", "small", cwd=clone)
+    assert code == 0, err
+    assert list((clone / "mibench-results").glob("activation_patching/induction/small/seed0.json"))
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=clone,
+                            capture_output=True, text=True, check=True).stdout
+    assert status == "", status
+    assert "1 runs written to mibench-results/" in out
+    assert "next: mibench leaderboard --size small --results mibench-results" in out
+    assert "mibench report --technique activation_patching --case induction --seed 0" in out
+    code, out, err = _cli("leaderboard", "--size", "small", cwd=clone)  # the next step, as printed
+    assert code == 0, err
+    assert (clone / "mibench-results" / "LEADERBOARD.md").is_file()
+    assert subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=clone,
+                          capture_output=True, text=True, check=True).stdout == ""

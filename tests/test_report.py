@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from mibench.report.html import render_report
@@ -33,9 +34,12 @@ def test_markdown_is_a_pure_function_of_the_results(results):
     first = render_leaderboard(records, excluded)
     again = render_leaderboard(*load_records(results))
     assert first == again
-    for heading in ("## Overall", "## Case `induction` (planted)", "## Case `ioi` (planted)",
-                    "## Ground-truth certificates", "## Agreement between techniques"):
-        assert heading in first
+    headings = [line for line in first.splitlines() if line.startswith("## ")]
+    # decision first, then the rankings; the flagship case leads the cases
+    assert headings[:3] == ["## Which technique to use", "## Rankings", "## Chance levels"]
+    assert headings.index("## Case `ioi` (planted)") < headings.index("## Case `induction` (planted)")
+    for heading in ("## Ground-truth certificates", "## Agreement between techniques"):
+        assert heading in headings
     # provenance stays in the result files, except the commit, which the files fix
     assert not any(r.created_utc in first for r in records)
     assert f"All results come from mibench commit `{records[0].mibench_commit[:12]}`." in first
@@ -142,19 +146,114 @@ def test_commits_note_names_each_commit_once():
         "Model size: small.")
 
 
+def _record(tech, case, seed, granularity="node", tier="planted", **metrics):
+    from mibench.results import RunRecord
+
+    return RunRecord(technique=tech, case=case, seed=seed, granularity=granularity, status="ok",
+                     case_tier=tier, metrics=metrics)
+
+
 def test_traps_table_rows_feed_markdown_and_html():
+    """A trap cell leads with the verdict and shows the figure it rests on: F1@k (never an AUROC
+    that rounds to 1.00 beside "fooled"), or the answer-layer error at layer granularity."""
+    from mibench.report import html, markdown
+
+    records = [_record("dla", "trap_x", 0, tier="trap", auroc=0.999, f1_at_k=0.8, fooled=True),
+               _record("dla", "trap_x", 1, tier="trap", auroc=0.999, f1_at_k=0.8, fooled=True),
+               _record("logit_lens", "trap_x", 0, "layer", "trap", auroc=1.0, f1_at_k=1.0,
+                       answer_layer_error=2, fooled=True),
+               _record("patching", "trap_x", 0, tier="trap", auroc=1.0, f1_at_k=1.0, fooled=False)]
+    headers, rows = markdown.traps_rows(records)
+    assert headers == ["technique", "trap_x (trap_x)"]  # an unregistered case has no failure mode to name
+    assert rows == [["dla", "fooled 2/2 (F1@k 0.80)"], ["logit_lens", "fooled 1/1 (answer layer off by 2.0)"],
+                    ["patching", "robust 0/1 (F1@k 1.00)"]]
+    assert markdown.traps_table(records).splitlines()[2].startswith("| dla")
+    assert "<td>fooled 2/2 (F1@k 0.80)</td>" in html.render_report(records, [])
+    planted = _record("dla", "ioi", 0)
+    assert markdown.traps_rows([planted]) is None and markdown.traps_table([planted]) is None
+
+
+def test_rankings_sort_by_the_primary_score_and_set_few_case_labels_apart():
+    from mibench.report import ranking
+
+    records = []
+    for seed in range(6):
+        for i, case in enumerate(["a", "b", "c"]):
+            records += [_record("good", case, seed, auroc=0.9 + 0.01 * i),
+                        _record("random", case, seed, auroc=0.5 + 0.01 * ((seed + i) % 3 - 1)),
+                        _record("middling", case, seed, auroc=0.7)]
+        records.append(_record("narrow@site", "a", seed, "site", auroc=1.0))
+    node, site = ranking.rankings(records)
+    assert [r.technique for r in node.ranked] == ["good", "middling", "random"]
+    assert not site.ranked and [r.technique for r in site.few_cases] == ["narrow@site"]
+    # 18 instances, every difference of one sign: each neighbour and each test against random holds
+    assert [t.verdict for t in node.neighbours] == ["good better", "middling better"]
+    assert node.beats_baseline("good") and node.beats_baseline("middling")
+    assert node.leaders() == ["good"]
+    lines = ranking.use_when(node)
+    assert lines[0].startswith("**Best at node level:** `good`")
+
+
+def test_paired_test_on_known_inputs():
+    from mibench.report import stats
+
+    # six instances, a ahead on every one: the exact two-sided Wilcoxon p is 2 / 2^6
+    t = stats.paired("a", {i: 1.0 + i for i in range(6)}, "b", {i: 0.5 * i for i in range(6)})
+    assert t.n == 6 and t.statistic == 0 and t.p == pytest.approx(2 / 64)
+    assert t.mean_difference == pytest.approx(np.mean([1 + 0.5 * i for i in range(6)]))
+    # A12 counts every a value (1..6) against every b value (0, 0.5, ..., 2.5): a = 1 ties b = 1
+    # and loses to 1.5, 2, 2.5; a = 2 ties b = 2 and loses to 2.5; the other 30 pairs are wins
+    assert t.a12 == pytest.approx((30 + 0.5 * 2) / 36)
+    # lower is better: the same data negated flips the verdict's direction, not its strength
+    flipped = stats.paired("a", {i: 1.0 + i for i in range(6)}, "b", {i: 0.5 * i for i in range(6)},
+                           higher_is_better=False)
+    assert flipped.p == t.p and flipped.mean_difference == -t.mean_difference
+    # identical values: nothing to test, never "better"
+    same = stats.adjust([stats.paired("a", {0: 1.0, 1: 2.0}, "b", {0: 1.0, 1: 2.0})])[0]
+    assert same.p == 1.0 and same.verdict == "not distinguishable"
+    # Holm: sorted p 0.01, 0.02, 0.04 times 3, 2, 1 → 0.03, 0.04, 0.04 (monotone), in input order
+    assert stats.holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert stats.adjust([t])[0].verdict == "a better"  # alone, 0.031 < 0.05
+    assert stats.adjust([t, t])[0].verdict == "not distinguishable"  # two claims: 0.0625
+
+
+def test_committed_tables_do_not_change_when_only_runtimes_do(results):
+    """Runtimes depend on the machine and its load: they live in RUNTIMES.md, which says the
+    machine, never in LEADERBOARD.md or report.html."""
+    import dataclasses
+
+    from mibench.report.markdown import render_runtimes
+
+    records, excluded = load_records(results)
+    slower = [dataclasses.replace(r, runtime_s=r.runtime_s * 3 + 1, certifying_s=r.certifying_s + 5)
+              for r in records]
+    assert render_leaderboard(records, excluded) == render_leaderboard(slower, excluded)
+    assert render_report(records, excluded) == render_report(slower, excluded)
+    runtimes = render_runtimes(records)
+    assert records[0].machine in runtimes and runtimes != render_runtimes(slower)
+
+
+def test_display_fixes_say_what_was_measured():
+    """Certificate rows say how many truth nodes the necessity check ablated; edge failure
+    summaries give members missed per seed for a role with many members."""
     from mibench.report import html, markdown
     from mibench.results import RunRecord
 
-    def run(tech, seed, auroc, fooled):
-        return RunRecord(technique=tech, case="trap_x", seed=seed, granularity="layer", status="ok",
-                         case_tier="trap", metrics={"auroc": auroc, "fooled": fooled})
+    def cert(seed):
+        return {"checks": [{"name": "necessity a2.h3", "op": "<=", "threshold": 0.5, "value": 0.1 * seed,
+                            "passed": True},
+                           {"name": "accuracy", "op": ">=", "threshold": 0.9, "value": 1.0, "passed": True}]}
 
-    records = [run("dla", 0, 0.5, True), run("dla", 1, 0.5, True), run("tuned_lens", 0, 1.0, False)]
-    headers, rows = markdown.traps_rows(records)
-    assert headers == ["technique", "trap_x"]
-    assert rows == [["dla", "0.50, fooled (2/2)"], ["tuned_lens", "1.00, not fooled (0/1)"]]
-    assert markdown.traps_table(records).splitlines()[2].startswith("| dla")
-    assert "<td>0.50, fooled (2/2)</td>" in html.render_report(records, [])
-    planted = RunRecord(technique="dla", case="ioi", seed=0, granularity="node", status="ok", case_tier="planted")
-    assert markdown.traps_rows([planted]) is None and markdown.traps_table([planted]) is None
+    truth = {f"a{i}.h0": "role" for i in range(7)}
+    records = [RunRecord(technique="dla", case="ioi", seed=s, granularity="node", status="ok",
+                         truth_labels=truth, certificate=cert(s)) for s in (0, 1)]
+    rows = markdown.certificate_rows(records)
+    assert rows[0][1] == ("necessity: 1 of the 7 truth nodes ablated one at a time (the others have "
+                          "role checks), worst shown")
+    assert rows[0][3] == "0.00, 0.10"
+    edges = {f"e{i}": "k" for i in range(10)} | {"q0": "q"}
+    runs = [RunRecord(technique="eap", case="ioi", seed=s, granularity="edge", status="ok",
+                      truth_labels=edges, metrics={"failures": {"missed": [
+                          *[{"component": f"e{i}", "role": "k", "rank": 20} for i in range(8 + s)],
+                          {"component": "q0", "role": "q", "rank": 30}]}}) for s in (0, 1)]
+    assert html._missed_by_role(runs) == "k: 8.5 of its 10 missed per seed; q: missed on 2 of 2 seeds"

@@ -109,6 +109,7 @@ class TrapAndGate(Case):
     circuit = CIRCUIT
     tier = "trap"
     sizes = tuple(SHAPES)
+    failure_mode = "AND-gates"
     description = ("two detector heads set one condition each; an AND head copies the item only "
                    "when both hold: restoring one condition at a time (causal tracing) finds neither; "
                    "every other head belongs to a look-alike AND channel")

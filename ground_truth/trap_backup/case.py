@@ -111,6 +111,7 @@ class TrapBackup(Case):
     circuit = CIRCUIT
     tier = "trap"
     sizes = tuple(SHAPES)
+    failure_mode = "backup heads"
     description = ("a main mover copies the item; a gated backup mover takes over when it is "
                    "ablated, so single-node ablation and patching underestimate the main mover; "
                    "every other head is a look-alike main/backup pair")

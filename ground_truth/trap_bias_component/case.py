@@ -157,6 +157,7 @@ class TrapBiasComponent(Case):
     circuit = CIRCUIT
     tier = "trap"
     sizes = tuple(SHAPES)
+    failure_mode = "constant-bias components"
     description = ("a marker head, a detector MLP and a mover copy the marked item; a BOS-sink head "
                    "and an MLP write a constant bias the model relies on: zero ablation calls them essential")
 

@@ -96,6 +96,7 @@ class TrapDecodableUnused(Case):
     circuit = CIRCUIT
     tier = "trap"
     sizes = ("small", "medium")
+    failure_mode = "decodable but unused information"
     description = ("a memo head writes the answer's identity at NOTE into a subspace the task's path "
                    "never reads: a probe finds it there, patching shows it is unused; every head is a "
                    "look-alike key mover")

@@ -133,6 +133,7 @@ class TrapLensOffset(Case):
     circuit = CIRCUIT
     tier = "trap"
     sizes = ("small", "medium")
+    failure_mode = "an odd residual basis (lens offset)"
     description = ("the answer is formed in a drawn layer before the last, but a constant offset "
                    "removed only by the final block hides it from the logit lens, which credits the "
                    "final layer; every other head is a look-alike mover or offset remover at another "

@@ -123,6 +123,7 @@ class TrapLNScale(Case):
     circuit = CIRCUIT
     tier = "trap"
     sizes = ("small", "medium")
+    failure_mode = "effects through LayerNorm's scale"
     description = ("a head cancels a large constant offset orthogonal to the unembedding: its whole "
                    "effect runs through the final LayerNorm's scale, invisible to frozen-scale DLA; "
                    "every other head is a look-alike mover or scale head at another query position")

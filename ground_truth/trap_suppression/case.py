@@ -73,6 +73,7 @@ class TrapSuppression(Case):
     tier = "trap"
     #: log p(answer) at the final position; accuracy: the answer is the top-1 prediction
     metric = MetricSpec(reads="log_prob")
+    failure_mode = "suppression"
     description = ("a mover copies the gold item and five lures (the lures more); a suppressor "
                    "lowers the lures: the answer wins without its own logit ever moving; every "
                    "other head belongs to a look-alike mover + suppressor channel")

@@ -9,10 +9,13 @@ HELP = "write LEADERBOARD.md and report.html from the stored results"
 
 
 def add_arguments(parser) -> None:
-    from mibench.cli.common import DEFAULT_RESULTS
+    from mibench.cli.common import COMMITTED_LEADERBOARD, COMMITTED_RESULTS, DEFAULT_RESULTS
 
     parser.add_argument("--results", default=DEFAULT_RESULTS, help=f"results folder (default: {DEFAULT_RESULTS})")
-    parser.add_argument("--out", default="leaderboard", help="output folder (default: leaderboard)")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: the results folder); maintainers regenerate the "
+                             f"committed leaderboard with --results {COMMITTED_RESULTS} --out "
+                             f"{COMMITTED_LEADERBOARD}")
     parser.add_argument("--size", choices=SIZES, default=LEADERBOARD_SIZE,
                         help=f"the model size whose results to show (default: {LEADERBOARD_SIZE})")
 
@@ -20,7 +23,7 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     from mibench.report.figures import head_heatmaps
     from mibench.report.html import render_report
-    from mibench.report.markdown import render_leaderboard
+    from mibench.report.markdown import render_leaderboard, render_runtimes
     from mibench.report.summary import main_sample
     from mibench.results import load_records
 
@@ -33,17 +36,18 @@ def main(args) -> int:
     if len({r.seeds_private for r in records}) > 1:
         raise MibenchError(f"{args.results} mixes results on private seeds (--seed-salt) with results "
                            f"on public ones; keep them in separate --results folders")
-    out = Path(args.out)
+    out = Path(args.out or args.results)
     out.mkdir(parents=True, exist_ok=True)
     md, page = out / "LEADERBOARD.md", out / "report.html"
     md.write_text(render_leaderboard(records, excluded))
     page.write_text(render_report(records, excluded))
+    (out / "RUNTIMES.md").write_text(render_runtimes(records))
     figures = out / "figures"  # the per-case heat maps as files, for READMEs and papers
     figures.mkdir(exist_ok=True)
     for case in sorted({r.case for r in records}):
         svg = head_heatmaps(main_sample(records), case)
         if svg:
             (figures / f"{case}_heatmap.svg").write_text(svg)
-    print(f"wrote {md}, {page} and {figures}/ from {len(records)} {args.size} results "
+    print(f"wrote {md}, {page}, {out / 'RUNTIMES.md'} and {figures}/ from {len(records)} {args.size} results "
           f"({len(excluded)} excluded, {other_sizes} at other sizes not shown)")
     return 0

@@ -110,11 +110,13 @@ def main(args) -> int:
                           limits=Limits(args.timeout, args.memory_limit),
                           seed_salt=args.seed_salt or os.environ.get(SALT_ENV) or None)
 
-    n_kept = 0
+    n_kept, fresh = 0, []
 
     def emit(record, kept: bool) -> None:
         nonlocal n_kept
         n_kept += kept
+        if not kept:
+            fresh.append(record)
         if args.json:
             print(json.dumps(record.summary()), flush=True)
 
@@ -133,13 +135,13 @@ def main(args) -> int:
                 print(f"{r.technique} on {r.case} seed {r.seed}{sample}: {r.status}: {r.error}")
         kept = f"; {n_kept} current results kept as they were (--force reruns them)" if n_kept else ""
         print(f"\n{len(records) - n_kept} runs written to {args.results}/{kept}")
+        if fresh:  # certification is timed apart: for most cases it, not the techniques, dominates
+            certifying = {(r.case, r.seed, r.prompt_sample): r.certifying_s for r in fresh}
+            print(f"time: building and certifying {len(certifying)} instance(s) "
+                  f"{sum(certifying.values()):.1f} s; techniques {sum(r.runtime_s for r in fresh):.1f} s")
         if records:
-            from mibench.cli.common import DEFAULT_RESULTS
-
             where = f" --size {args.size} --results {args.results}"
-            # a results folder of one's own gets its report beside it, not over the committed one
-            out = "" if args.results == DEFAULT_RESULTS else f" --out {args.results}"
-            print(f"next: mibench leaderboard{where}{out}   (tables and report.html)\n"
+            print(f"next: mibench leaderboard{where}   (LEADERBOARD.md and report.html in {args.results}/)\n"
                   f"      mibench report --technique {records[0].technique} --case {records[0].case}"
                   f" --seed {records[0].seed}{where}   (one run in detail)")
     errors = [r for r in records if r.status == "error"]

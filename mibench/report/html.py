@@ -6,6 +6,7 @@ import html
 import re
 
 from mibench.report import figures, markdown
+from mibench.report import ranking as R
 from mibench.report import summary as S
 from mibench.results import Excluded, RunRecord
 
@@ -25,8 +26,8 @@ def _esc(value) -> str:
 
 
 def _prose(text: str) -> str:
-    """Escape Markdown-ish prose and turn its `code` spans into <code>."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", _esc(text))
+    """Escape Markdown-ish prose and turn its `code` spans into <code>, its **bold** into <b>."""
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", re.sub(r"`([^`]+)`", r"<code>\1</code>", _esc(text)))
 
 
 def _table(headers: list[str], rows: list[list], raw_cols: set[int] = frozenset()) -> str:
@@ -42,8 +43,33 @@ def _figure(svg: str | None, caption: str) -> str:
     return f'<figure class="figure">{svg}<figcaption class="note">{_esc(caption)}</figcaption></figure>'
 
 
-def _overall(records) -> str:
-    return _table(*S.overall_rows(records))
+def _decision(rankings) -> str:
+    parts = ["<h2 id='use'>Which technique to use</h2>"]
+    for ranking in rankings:
+        lines = R.use_when(ranking)
+        if lines:
+            items = "".join(f"<li>{_prose(line)}</li>" for line in lines)
+            parts.append(f"<h3>{_esc(ranking.granularity.capitalize())} level</h3><ul>{items}</ul>")
+    return "".join(parts)
+
+
+def _rankings(rankings, every_sample) -> str:
+    parts = ["<h2 id='rankings'>Rankings</h2>", f"<p class='note'>{_prose(markdown.RANKING_NOTE)}</p>",
+             f"<p class='note'>{_prose(markdown.OVERALL_SAMPLES)}</p>"]
+    for ranking in rankings:
+        if ranking.ranked:
+            headers, rows = markdown.paired_rows(ranking)
+            parts += [f"<h3>{_esc(ranking.granularity.capitalize())} level</h3>",
+                      _table(*markdown.ranking_rows(ranking, every_sample)),
+                      "<p class='note'>Paired tests behind the order:</p>",
+                      _table(headers, [[_prose(c) for c in row] for row in rows], raw_cols={0})]
+    few = [r for r in rankings if r.few_cases]
+    if few:
+        parts.append(f"<h3>On fewer than {R.MIN_CASES} cases (not ranked)</h3>")
+        for ranking in few:
+            parts += [f"<p class='note'>{_esc(ranking.granularity)}:</p>",
+                      _table(*markdown.ranking_rows(ranking, every_sample, "few_cases"))]
+    return "".join(parts)
 
 
 def _metric_notes(records) -> str:
@@ -69,42 +95,76 @@ def _role_recall(records) -> str:
     return _table(["technique", *frame.columns], rows, raw_cols=set(range(1, len(frame.columns) + 1)))
 
 
+def _missed_by_role(runs) -> str:
+    """Per role, how much of it the top k missed: for a one-member role on how many seeds, for a
+    larger one (edges, say) the mean number of its members missed per seed."""
+    sizes: dict[str, int] = {}
+    for role in runs[0].truth_labels.values():
+        sizes[role] = sizes.get(role, 0) + 1
+    missed: dict[str, int] = {}
+    for r in runs:
+        for m in r.metrics.get("failures", {}).get("missed", []):
+            missed[m["role"]] = missed.get(m["role"], 0) + 1
+    parts = []
+    for role, n in sorted(missed.items()):
+        if sizes.get(role, 1) == 1:
+            parts.append(f"{role}: missed on {n} of {len(runs)} seeds")
+        else:
+            parts.append(f"{role}: {n / len(runs):.1f} of its {sizes[role]} missed per seed")
+    return "; ".join(parts)
+
+
 def _failures(records, case: str) -> str:
     rows = []
+    first_seed = min(r.seed for r in records if r.case == case)
     for (tech,), runs in S.by([r for r in S.ok(records) if r.case == case], "technique").items():
-        missed: dict[str, int] = {}
-        for r in runs:
-            for m in r.metrics.get("failures", {}).get("missed", []):
-                missed[m["role"]] = missed.get(m["role"], 0) + 1
         first = runs[0]
         fps = ", ".join(f"{fp['component']} (rank {fp['rank']})"
                         for fp in first.metrics.get("failures", {}).get("false_positives", []))
-        missed_txt = ", ".join(f"{role} ×{n}/{len(runs)}" for role, n in sorted(missed.items()))
         first_missed = ", ".join(f"{m['component']} ({m['role']}, rank {m['rank']})"
                                  for m in first.metrics.get("failures", {}).get("missed", []))
-        rows.append([tech, missed_txt or "none", first_missed or "none", fps or "none"])
-    return _table(["technique", "roles missed (seeds)", f"missed on seed {min(r.seed for r in records if r.case == case)}",
+        rows.append([tech, _missed_by_role(runs) or "none", first_missed or "none", fps or "none"])
+    return _table(["technique", "missed from the top k, by role", f"missed on seed {first_seed}",
                    "top false positives (same seed)"], rows)
 
 
 def render_report(records: list[RunRecord], excluded: list[Excluded]) -> str:
     every_sample = records
     records = S.main_sample(sorted(records, key=lambda r: (r.case, r.technique, r.seed)))
-    cases = sorted({r.case for r in records})
+    cases = markdown.case_order(records)
+    rankings = R.rankings(records)
     parts = [f"<h1>mibench report</h1><p class='note'>{_prose(markdown.INTRO)} {_prose(S.commits_note(records))}</p>",
-             f"<p class='note'>{_esc(markdown.METRICS_HEADING)}</p>", _metric_notes(records),
-             "<nav>" + "".join(f'<a href="#case-{_esc(c)}">{_esc(c)}</a>' for c in cases) + "</nav>",
-             "<h2>Overall</h2>", f"<p class='note'>{_prose(markdown.OVERALL_SAMPLES)}</p>",
-             _overall(every_sample),
-             _figure(figures.cost_quality(records), "Each point is a technique: mean runtime per run "
-                     "against mean AUROC over the cases it ran on. Dotted line: chance.")]
+             "<nav><a href='#use'>which technique</a><a href='#rankings'>rankings</a><a href='#chance'>chance</a>"
+             + ("<a href='#traps'>traps</a>" if any(r.case_tier == "trap" for r in records) else "")
+             + "".join(f'<a href="#case-{_esc(c)}">{_esc(c)}</a>' for c in cases) + "</nav>",
+             _decision(rankings), _rankings(rankings, every_sample),
+             _figure(figures.cost_quality(records), "Each point is a node-level technique on at least "
+                     f"{figures.COST_QUALITY_MIN_CASES} cases: passes over the prompts per run against mean AUROC. "
+                     "Dotted line: chance."),
+             "<h2 id='chance'>Chance levels</h2><ul class='note'>"
+             + "".join(f"<li>{_prose(line.lstrip(' -'))}</li>" for line in markdown.chance_lines(records))
+             + "</ul>", f"<p class='note'>{_esc(markdown.METRICS_HEADING)}</p>", _metric_notes(records)]
     traps = markdown.traps_rows(records)
     if traps:
-        parts += ["<h2>Traps</h2><p class='note'>A run is fooled when its top k is not the truth set "
-                  "or it names the wrong answer layer.</p>", _table(*traps)]
-    parts += ["<h2>Recall by role</h2><p class='note'>Mean recall@k of each role's components: which "
-              "roles each technique tends to miss (backup heads, negative heads, indirect-effect "
-              "heads).</p>", _role_recall(records)]
+        parts += ["<h2 id='traps'>Traps</h2><p class='note'>A run is fooled when its top k is not the truth "
+                  "set (F1@k below 1) or it names the wrong answer layer; each cell gives the majority "
+                  "verdict, the seeds fooled and the figure the verdict rests on.</p>", _table(*traps),
+                  _figure(figures.trap_verdicts(records), "Share of seeds on which each technique was "
+                          "fooled, per trap (red: fooled on most seeds).")]
+        for ranking in rankings:
+            together = markdown.fooled_together_table(records, ranking)
+            if together is not None:
+                labels, pairs = R.fooled_together(records, [r.technique for r in R.useful(ranking)])
+                rows = [[a, *[f"{pairs[(a, b)][0]}/{pairs[(a, b)][1]}" if a != b else str(pairs[(a, b)][0])
+                              for b in labels]] for a in labels]
+                parts += [f"<h3>Failing together ({_esc(ranking.granularity)} level)</h3><p class='note'>"
+                          "(trap, seed) instances on which both techniques were fooled, out of those on "
+                          "which either was; the diagonal: how often each was fooled.</p>",
+                          _table(["both / either", *labels], rows)]
+    parts += ["<h2>Found by role</h2><p class='note'>Share of each role's components a technique "
+              "found: in the top k and standing out from the non-truth scores (above their median "
+              "plus 3.5 robust standard deviations). Which roles each technique tends to miss "
+              "(backup heads, negative heads, indirect-effect heads).</p>", _role_recall(records)]
     agree = []
     for a, b in S.FEATURED_PAIRS:
         for case, info in S.agreement(records, a, b).items():
@@ -120,6 +180,10 @@ def render_report(records: list[RunRecord], excluded: list[Excluded]) -> str:
                   _figure(figures.head_heatmaps(records, case),
                           "What each node-level technique lit up: |score| per head, scaled to the "
                           "technique's maximum; ground-truth heads outlined by role."),
+                  _figure(figures.rank_plots(records, case),
+                          "Every component's score by rank, one panel per technique: truth coloured "
+                          "by role, the grey band the non-truth noise up to the threshold a truth "
+                          "component must pass to count as found, the dashed line the top-k cut."),
                   _figure(figures.faithfulness_curves(records, case),
                           "Metric recovered when keeping only each technique's top-ranked nodes."),
                   "<h3>Failure cases</h3>", _failures(records, case)]

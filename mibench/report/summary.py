@@ -90,23 +90,20 @@ def prompt_variation(records: list[RunRecord]) -> dict[str, dict[str, Any]]:
     return {tech: aggregate(values) for tech, values in sorted(spreads.items())}
 
 
-def overall_rows(records: list[RunRecord]) -> tuple[list[str], list[list[str]]]:
-    """The overall table, one row per technique label over the main prompt sample, plus the
-    spread of AUROC across prompt samples where extra samples were run."""
-    main = main_sample(records)
-    columns = metric_columns(ok(main))
-    variation = prompt_variation(records)
-    rows = []
-    for t in technique_summaries(main):
-        fwd, bwd = t.passes
-        spread = [fmt(variation[t.technique]) if t.technique in variation else "-"] if variation else []
-        rows.append([t.technique, t.granularity, len(t.cases), len(t.runs),
-                     *[fmt(t.metric(m.name)) for m in columns], *spread,
-                     f"{t.runtime:.2f}", f"{fwd:.1f} + {bwd:.1f}"])
-    headers = ["technique", "granularity", "cases", "runs", *[m.label for m in columns],
-               *(["AUROC sd across prompt samples"] if variation else []), "runtime s / run",
-               "passes fwd + bwd"]
-    return headers, rows
+def technique_cells(t: TechniqueSummary, columns: tuple[metrics.Metric, ...],
+                    variation: dict[str, dict[str, Any]]) -> list[str]:
+    """A technique's cells in a ranking table: cases, runs, each metric column, the AUROC spread
+    across prompt samples (only where extra samples were run) and its passes. No runtime: runtimes
+    depend on the machine and its load, and the committed tables must not (RUNTIMES.md has them)."""
+    fwd, bwd = t.passes
+    spread = [fmt(variation[t.technique]) if t.technique in variation else "-"] if variation else []
+    return [str(len(t.cases)), str(len(t.runs)), *[fmt(t.metric(m.name)) for m in columns], *spread,
+            f"{fwd:.1f} + {bwd:.1f}"]
+
+
+def technique_headers(columns: tuple[metrics.Metric, ...], variation: dict) -> list[str]:
+    return ["cases", "runs", *[m.label for m in columns],
+            *(["AUROC sd across prompt samples"] if variation else []), "passes fwd + bwd"]
 
 
 def technique_summaries(records: list[RunRecord], tier: str | None = None) -> list[TechniqueSummary]:
