@@ -329,9 +329,12 @@ def run_grid(specs: list[RunSpec], cases: list[Case], seeds: Iterable[int],
                     unit_records.append((record, False))
             in_order[index] = unit_records
             done += len(unit_records)
+            unit = f"{task.case.name} seed {task.seed}" + (f" prompts {task.sample}" if task.sample else "")
+            # the units run in other processes: the bar shows the phases of the last one finished
+            bar.set_postfix_str(f"last: {unit}, building + certifying {result.certifying_s:.1f} s, "
+                                f"techniques {result.techniques_s:.1f} s", refresh=False)
             bar.update(len(unit_records))
             if log:
-                unit = f"{task.case.name} seed {task.seed}" + (f" prompts {task.sample}" if task.sample else "")
                 log(_unit_line(unit, [r for r, _ in unit_records], len(result.kept), result.certifying_s,
                                result.techniques_s, done, total, time.perf_counter() - started))
             while emitted < len(tasks) and in_order[emitted] is not None:  # grid order, whatever finished first

@@ -17,7 +17,7 @@ table{border-collapse:collapse;margin:.5em 0 1em;font-size:12px}
 th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
 th{background:#f4f4f4}figure{margin:1em 0}figure svg{max-width:100%;height:auto}
 .note{color:#666;font-size:13px}.fail{color:#b00;font-weight:bold}.pass{color:#070}
-nav a{margin-right:1em}
+nav{display:flex;flex-wrap:wrap;gap:.3em 1em}nav a{white-space:nowrap}
 """
 
 
