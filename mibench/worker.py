@@ -203,6 +203,10 @@ def _wait(pid: int, timeout_s: float | None) -> tuple[int | None, str | None]:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             return None, f"exceeded the time limit of {timeout_s:g} s and was stopped (--timeout)"
+        if os.getppid() != _PARENT:  # the process that asked is gone (killed): nobody will read
+            os.kill(pid, signal.SIGKILL)  # the answer, so stop the run and this worker now
+            os.waitpid(pid, 0)
+            os._exit(1)
         time.sleep(pause)
         pause = min(pause * 2, 0.05)
 
@@ -269,6 +273,10 @@ def serve(requests, answers) -> None:
             answer = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
         answers.write(json.dumps(answer) + "\n")
         answers.flush()
+
+
+#: the process this worker serves; a run's wait loop ends the worker when it is gone
+_PARENT = os.getppid()
 
 
 def main() -> None:

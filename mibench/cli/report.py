@@ -64,7 +64,8 @@ def main(args) -> int:
         fps = metrics["failures"]["false_positives"]
         print("Top false positives: " + (", ".join(f"{f['component']} (rank {f['rank']})" for f in fps) or "none"))
         if metrics.get("recall_by_role"):
-            print("Recall@k by role: " + ", ".join(f"{r} {v:.2f}" for r, v in metrics["recall_by_role"].items()))
+            print("Found by role (in the top k and above the non-truth noise ceiling): "
+                  + ", ".join(f"{r} {v:.2f}" for r, v in metrics["recall_by_role"].items()))
         if "fooled" in metrics:
             print("Trap verdict: " + ("FOOLED — " + metrics["fooled_reason"] if metrics["fooled"] else "not fooled"))
     cert = record.certificate
