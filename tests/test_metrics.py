@@ -81,7 +81,7 @@ def test_an_added_metric_shows_up_everywhere(tmp_path, monkeypatch, capsys):
     assert "- **truth share** (`truth_share`, lower is better): share of the components" in board
     rankings = board.split("## Rankings")[1].split("## Chance levels")[0]
     assert "| truth share" in rankings and f"{value:.2f}" in rankings
-    assert "truth share" in board.split("**node granularity**")[1]
+    assert "truth share" in board.split("**node granularity** (sorted by AUROC)")[1]
     page = (out / "report.html").read_text()
     assert "<th>truth share</th>" in page and "<b>truth share</b>" in page
 

@@ -105,10 +105,10 @@ def chance_lines(records: list[RunRecord]) -> list[str]:
     lines.append("- **faithfulness**: the share of the clean metric recovered when only a "
                  "technique's top nodes are kept, (m(kept) − m(none)) / (m(full) − m(none)). It is "
                  "negative when keeping those nodes and ablating the rest scores *below* ablating "
-                 "everything: for example keeping a negative name mover or a suppressor without the "
-                 "heads it counteracts (on `ioi` a top-ranked negative name mover pushes the logit "
-                 "difference the wrong way), or keeping a head whose resampled partners now add "
-                 "noise the full ablation did not. `random` shows its chance level per case.")
+                 "everything: a head kept without the heads that steer or counteract it can push "
+                 "the metric the wrong way (on `ioi`, the name mover kept while S-inhibition and the "
+                 "induction route are resample-ablated; a negative head or a suppressor kept without "
+                 "the mover it counteracts). `random` shows its chance level per case.")
     return lines
 
 
@@ -125,23 +125,30 @@ def fooled_together_table(records: list[RunRecord], ranking: "R.GranularityRanki
 
 
 def case_tables(records: list[RunRecord], case: str) -> list[str]:
+    """One table per granularity (node first), techniques sorted by mean primary score, those that
+    could not run last with the reason."""
+    from mibench.names import GRANULARITIES
+
     out = []
     groups = S.by([r for r in records if r.case == case], "granularity", "technique")
-    for granularity in sorted({g for g, _ in groups}):
+    for granularity in sorted({g for g, _ in groups}, key=GRANULARITIES.index):
         columns = metrics.columns([granularity])
-        rows = []
+        ranked, not_run = [], []
         for (g, tech), runs in groups.items():
             if g != granularity:
                 continue
             good = S.ok(runs)
             if not good:
-                rows.append([tech, 0, *["-"] * len(columns), S.not_run_reason(runs)])
+                not_run.append([tech, 0, *["-"] * len(columns), S.not_run_reason(runs)])
                 continue
-            rows.append([tech, len(good), *[S.fmt(S.stat(good, m.name)) for m in columns], ""])
-        if all(row[1] == 0 for row in rows):  # nothing at this granularity ran: say so once
+            primary = S.stat(good, R.PRIMARY)["mean"]
+            ranked.append((-(primary if primary is not None else -1.0), tech,
+                           [tech, len(good), *[S.fmt(S.stat(good, m.name)) for m in columns], ""]))
+        rows = [row for *_, row in sorted(ranked)] + not_run
+        if not ranked:  # nothing at this granularity ran: say so once
             out.append(f"*{granularity}:* no technique ran ({rows[0][-1]}).")
             continue
-        out.append(f"**{granularity} granularity**\n\n" + _table(
+        out.append(f"**{granularity} granularity** (sorted by {R.primary_metric().label})\n\n" + _table(
             rows, ["technique", "seeds", *[m.label for m in columns], "not run because"]))
     return out
 
