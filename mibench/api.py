@@ -524,3 +524,21 @@ def validate_scores(scores: Any, expected: list[str], technique: str) -> "pd.Ser
         raise ScoresError(f"technique {technique!r} returned non-finite scores for "
                           f"{list(bad.index[:3])} ({len(bad)} in all); every score must be finite")
     return values
+
+
+def validate_roles(roles: Any, scored: Any, technique: str) -> dict[str, str] | None:
+    """The role labels a technique attached to its scores (``scores.attrs["roles"]``: a
+    ``{component: role}`` dict over scored components, as a role detector returns), or None when
+    it attached none; raise ScoresError naming what is wrong."""
+    if roles is None:
+        return None
+    if not isinstance(roles, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                              for k, v in roles.items()):
+        raise ScoresError(f"technique {technique!r} set scores.attrs['roles'] to something other "
+                          f"than a dict of component name -> role name")
+    scored = set(scored)
+    unknown = [c for c in roles if c not in scored]
+    if unknown:
+        raise ScoresError(f"technique {technique!r} labelled {unknown[:3]} with roles, which are "
+                          f"not components it scored")
+    return dict(roles)

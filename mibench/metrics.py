@@ -33,6 +33,9 @@ class Metric:
     # A column of the leaderboard and `mibench run` tables; False for metrics that only repeat a
     # column (P@k and R@k equal F1@k, because k is the truth-set size), which `mibench report` lists.
     column: bool = True
+    # An optional measurement (made only when asked, e.g. `mibench run --faithfulness-optimal`):
+    # a column only in tables where some run has a value.
+    measured_only: bool = False
 
     @property
     def direction(self) -> str:
@@ -73,6 +76,11 @@ METRICS: tuple[Metric, ...] = (
            f"counterfactual ablation), which also removes components whose output never varies "
            f"across prompts; {_CHANCE_BY_CASE}",
            True, ("node",), lambda run: run.faithfulness("faithfulness_counterfactual")),
+    Metric("faithfulness_optimal", "faithful. (opt)",
+           f"faithfulness with the rest replaced by each node's optimal constant (Li & Janson "
+           f"2024: the value that best preserves the task metric, fitted per node on the train "
+           f"prompts; only with `mibench run --faithfulness-optimal`); {_CHANCE_BY_CASE}",
+           True, ("node",), lambda run: run.faithfulness("faithfulness_optimal"), measured_only=True),
     Metric("answer_layer_error", "answer-layer error",
            "layers between the top-scored layer and the layer where the answer is formed (layer "
            "granularity only). 0 is perfect; chance depends on the number of layers: compare "
@@ -86,11 +94,18 @@ def applicable(granularity: str) -> tuple[Metric, ...]:
     return tuple(m for m in METRICS if granularity in m.granularities)
 
 
-def columns(granularities: Iterable[str]) -> tuple[Metric, ...]:
+def columns(granularities: Iterable[str], measured: Iterable[str] = ()) -> tuple[Metric, ...]:
     """The table columns for runs at these granularities: the column metrics defined at any of
-    them (no answer-layer column in a table without layer runs)."""
-    present = set(granularities)
-    return tuple(m for m in METRICS if m.column and present.intersection(m.granularities))
+    them (no answer-layer column in a table without layer runs), optional measurements only if
+    named in ``measured`` (the metrics some run of the table has a value for)."""
+    present, measured = set(granularities), set(measured)
+    return tuple(m for m in METRICS if m.column and present.intersection(m.granularities)
+                 and (not m.measured_only or m.name in measured))
+
+
+def measured(metric_dicts: Iterable[dict[str, Any]]) -> set[str]:
+    """The metric names with a value in any of these runs' metrics."""
+    return {name for values in metric_dicts for name, value in values.items() if value is not None}
 
 
 def format_value(value: Any) -> str:

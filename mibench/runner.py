@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Iterator
 
 from mibench import names
 from mibench.api import (DEFAULT_SIZE, Case, Instance, MibenchError, PromptSet, Technique, make_scores,
-                         run_label, validate_scores)
+                         run_label, validate_roles, validate_scores)
 from mibench.certificate import Certificate, certify
 from mibench.model.ablation import Ablator
 from mibench.results import RunRecord, UnusableRecord, load_record, result_path, write_record
@@ -72,6 +72,7 @@ class Prepared:
     seed: int  # the seed results are filed under (the instance's, unless seeds are private)
     sample: int = 0  # which independent prompt sample of the instance
     seeds_private: bool = False
+    optimal: Ablator | None = None  # for faithfulness under optimal ablation, when asked
     files: UnitFiles = field(init=False)
 
     def __post_init__(self) -> None:
@@ -80,19 +81,24 @@ class Prepared:
 
 
 def prepare(case: Case, seed: int, instance: Instance | None = None, sample: int = 0,
-            size: str = DEFAULT_SIZE, seed_salt: str | None = None) -> Prepared:
+            size: str = DEFAULT_SIZE, seed_salt: str | None = None,
+            faithfulness_optimal: bool = False) -> Prepared:
     """Build (or take) the instance of ``seed`` at ``size`` (from a private seed with
     ``seed_salt``), draw its prompt sample ``sample`` and certify the instance on it. An
     ``instance`` passed in (for example one edited to remove a mechanism) is certified exactly as
-    a built one."""
+    a built one. ``faithfulness_optimal`` also fits every node's optimal constant on the train
+    prompts, for the optional ``faithfulness_optimal`` score."""
     instance = instance if instance is not None else case.build(instance_seed(seed, seed_salt), size)
     prompts = case.prompts(case.n_prompts, instance.seed, "test", sample)
     train = case.prompts(N_TRAIN_PROMPTS, instance.seed, "train", sample)
     metric = case.task_metric(prompts)
     ablator = Ablator(instance.model, prompts, metric, seed=instance.seed)
     counterfactual = Ablator(instance.model, prompts, metric, seed=instance.seed, how="corrupted")
+    optimal = Ablator(instance.model, prompts, metric, seed=instance.seed, how="optimal",
+                      fit_prompts=train) if faithfulness_optimal else None
     return Prepared(case, instance, prompts, train, ablator, counterfactual,
-                    certify(case, instance, prompts, ablator), seed, sample, seed_salt is not None)
+                    certify(case, instance, prompts, ablator), seed, sample, seed_salt is not None,
+                    optimal)
 
 
 def technique_ref(technique: Technique) -> str:
@@ -146,6 +152,7 @@ def run_one(technique: Technique, prep: Prepared, granularity: str | None = None
         # checked again here: the worker's answer is the adapter's word, not the suite's
         components = names.components(names.Shape.of(instance.model), granularity, prep.prompts.labels)
         scores = validate_scores(make_scores(outcome["scores"]), components, technique.name)
+        roles = validate_roles(outcome.get("roles"), components, technique.name)
     except MibenchError as exc:
         record.status, record.error = "error", str(exc)
         return record
@@ -154,7 +161,9 @@ def run_one(technique: Technique, prep: Prepared, granularity: str | None = None
     node_level = granularity == "node"
     record.metrics = score_run(scores, instance.truth, granularity, technique.signed,
                                prep.ablator if node_level else None, trap=case.tier == "trap",
-                               counterfactual=prep.counterfactual if node_level else None)
+                               counterfactual=prep.counterfactual if node_level else None,
+                               optimal=prep.optimal if node_level else None,
+                               roles=roles)
     return record
 
 
@@ -196,6 +205,7 @@ class UnitTask:
     stored_truth: tuple[tuple[str, str], ...] = ()
     limits: Limits = Limits()
     seed_salt: str | None = None
+    faithfulness_optimal: bool = False
 
 
 @dataclass
@@ -233,7 +243,8 @@ def run_unit(task: UnitTask) -> UnitResult:
         to_run = [run for run in task.runs if run[2] not in kept]
         records, certifying_s = [], 0.0
         if to_run:
-            prep = prepare(task.case, task.seed, instance, task.sample, seed_salt=task.seed_salt)
+            prep = prepare(task.case, task.seed, instance, task.sample, seed_salt=task.seed_salt,
+                           faithfulness_optimal=task.faithfulness_optimal)
             certifying_s = time.perf_counter() - started
             techniques = {ref: load_technique(ref) for ref, _, _ in to_run}
             records = [run_one(techniques[ref], prep, granularity, limits=task.limits, ref=ref)
@@ -243,10 +254,12 @@ def run_unit(task: UnitTask) -> UnitResult:
     return UnitResult(records, kept, certifying_s, time.perf_counter() - started - certifying_s)
 
 
-def _stored_truth(path: Path, spec: RunSpec, case: Case, private: bool) -> str | None:
+def _stored_truth(path: Path, spec: RunSpec, case: Case, private: bool,
+                  faithfulness_optimal: bool = False) -> str | None:
     """The truth hash of the stored record at ``path`` if it is complete and otherwise current:
     readable, of this schema, not an error, by the same technique and case versions, with seeds
-    as private as asked. The unit then keeps it if the instance's truth still has this hash."""
+    as private as asked, and with the optional scores asked for. The unit then keeps it if the
+    instance's truth still has this hash."""
     if not path.is_file():
         return None
     try:
@@ -254,7 +267,9 @@ def _stored_truth(path: Path, spec: RunSpec, case: Case, private: bool) -> str |
     except UnusableRecord:
         return None
     current = (record.status != "error" and record.technique_version == str(spec.technique.version)
-               and record.case_version == str(case.version) and record.seeds_private == private)
+               and record.case_version == str(case.version) and record.seeds_private == private
+               and not (faithfulness_optimal and record.status == "ok" and record.granularity == "node"
+                        and record.metrics.get("faithfulness_optimal") is None))
     return record.truth_hash if current else None
 
 
@@ -264,13 +279,15 @@ def _stored_truth(path: Path, spec: RunSpec, case: Case, private: bool) -> str |
 class Execution:
     """How units run: ``jobs`` at once in a local process pool (1: in this process), or as Ray
     tasks (``executor="ray"``, on the cluster at ``address``; none starts a local one); the
-    per-run ``limits``; and ``seed_salt`` for private seeds."""
+    per-run ``limits``; ``seed_salt`` for private seeds; ``faithfulness_optimal`` to also score
+    faithfulness under optimal ablation."""
 
     jobs: int = 1
     executor: str = "local"
     address: str | None = None
     limits: Limits = Limits()
     seed_salt: str | None = None
+    faithfulness_optimal: bool = False
 
 
 def run_grid(specs: list[RunSpec], cases: list[Case], seeds: Iterable[int],
@@ -300,7 +317,8 @@ def run_grid(specs: list[RunSpec], cases: list[Case], seeds: Iterable[int],
             for sample in samples:
                 paths = {spec.label: result_path(results_dir, spec.label, case.name, seed, sample, size)
                          for spec in applicable} if results_dir is not None and not force else {}
-                digests = {spec.label: _stored_truth(paths[spec.label], spec, case, private)
+                digests = {spec.label: _stored_truth(paths[spec.label], spec, case, private,
+                                                     execution.faithfulness_optimal)
                            for spec in applicable if spec.label in paths}
                 stored.append(paths)
                 tasks.append(UnitTask(
@@ -308,7 +326,7 @@ def run_grid(specs: list[RunSpec], cases: list[Case], seeds: Iterable[int],
                     tuple((spec.ref or refs.setdefault(spec, technique_ref(spec.technique)),
                            spec.granularity, spec.label) for spec in applicable),
                     tuple((label, digest) for label, digest in digests.items() if digest),
-                    execution.limits, execution.seed_salt))
+                    execution.limits, execution.seed_salt, execution.faithfulness_optimal))
     total = sum(len(t.runs) for t in tasks)
     started = time.perf_counter()
     in_order: list[list[tuple[RunRecord, bool]] | None] = [None] * len(tasks)

@@ -200,6 +200,24 @@ def recall_by_role(scores: pd.Series, truth_labels: dict[str, str], k: int) -> d
             for role, members in sorted(by_role.items())}
 
 
+def role_label_scores(roles: dict[str, str], truth_labels: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Per role, how well a technique's role labels (``{component: role}``, e.g. a role detector's
+    ``scores.attrs["roles"]``) match the truth's roles: ``precision`` = labelled with the role and
+    having it in the truth / labelled with it (None if nothing is), ``recall`` = the same count /
+    truth members with the role (None if the truth has no such role), ``n_labelled``. Every role
+    that is labelled or in the truth, in sorted order; a label in a vocabulary the truth does not
+    use scores precision 0."""
+    out: dict[str, dict[str, Any]] = {}
+    for role in sorted(set(roles.values()) | set(truth_labels.values())):
+        labelled = {c for c, r in roles.items() if r == role}
+        true = {c for c, r in truth_labels.items() if r == role}
+        hits = len(labelled & true)
+        out[role] = {"precision": hits / len(labelled) if labelled else None,
+                     "recall": hits / len(true) if true else None,
+                     "n_labelled": len(labelled)}
+    return out
+
+
 def failures(scores: pd.Series, truth_labels: dict[str, str], k: int,
              n_false_positives: int = 5) -> dict[str, list[dict[str, Any]]]:
     """What went wrong in the top ``k``, for humans to read.
@@ -333,7 +351,8 @@ def _nan_to_none(x: float) -> float | None:
 
 def score_run(scores: pd.Series, truth: "Truth", granularity: str, signed: bool,
               ablator: "Ablator | None" = None, trap: bool = False,
-              counterfactual: "Ablator | None" = None) -> dict[str, Any]:
+              counterfactual: "Ablator | None" = None, optimal: "Ablator | None" = None,
+              roles: dict[str, str] | None = None) -> dict[str, Any]:
     """All metrics of one (technique, case, seed) at one granularity, as a flat JSON-ready dict.
 
     The truth set is ``truth.labels(granularity)``; k is its size. Signed scores are ranked by
@@ -344,9 +363,12 @@ def score_run(scores: pd.Series, truth: "Truth", granularity: str, signed: bool,
       faithfulness without an ablator). ``ablator`` drives ``faithfulness`` (resample ablation);
       ``counterfactual`` drives ``faithfulness_counterfactual`` (nodes replaced by their output
       on the corrupted prompts, MIB's counterfactual ablation, which also removes components
-      whose output is the same on every clean prompt);
+      whose output is the same on every clean prompt); ``optimal`` drives
+      ``faithfulness_optimal`` (nodes replaced by their optimal constants, Li & Janson 2024);
     * ``k``, ``n_components``, ``recall_by_role``, ``failures``, and for each faithfulness
       metric its ``{name}_curve`` (None without an ablator), which the report plots;
+    * ``role_labels`` when the technique labelled components with roles (``roles``, its
+      ``scores.attrs["roles"]``): :func:`role_label_scores` against the truth's roles;
     * on a trap case (``trap=True``) ``fooled`` and ``fooled_reason``: the technique is fooled
       when its top k is not exactly the truth set (a truth component missed, a distractor ranked
       in) or, at layer granularity, when it names the wrong answer layer.
@@ -362,7 +384,8 @@ def score_run(scores: pd.Series, truth: "Truth", granularity: str, signed: bool,
     ranked = rank_for_scoring(scores, signed)
     _check_members(ranked, truth_labels)
     run = Ranking(ranked, truth_labels, truth.answer_layer,
-                  ablators={"faithfulness": ablator, "faithfulness_counterfactual": counterfactual})
+                  ablators={"faithfulness": ablator, "faithfulness_counterfactual": counterfactual,
+                            "faithfulness_optimal": optimal})
     out: dict[str, Any] = {m.name: _nan_to_none(m.compute(run)) for m in metrics.applicable(granularity)}
     out.update(k=run.k, n_components=int(run.x.size),
                recall_by_role=recall_by_role(ranked, truth_labels, run.k),
@@ -372,6 +395,11 @@ def score_run(scores: pd.Series, truth: "Truth", granularity: str, signed: bool,
             curve = run.curves.get(name)
             out[f"{name}_curve"] = (None if curve is None else
                                     [{**c, "recovered": _nan_to_none(c["recovered"])} for c in curve])
+    if roles is not None:
+        unknown = [c for c in roles if c not in ranked.index]
+        if unknown:
+            raise ValueError(f"role labels name {unknown[:3]}, which are not scored components")
+        out["role_labels"] = role_label_scores(roles, truth_labels)
     if trap:
         reasons = []
         if run.at_k[0] < 1.0:

@@ -157,7 +157,7 @@ def run_technique(unit: Unit, technique_ref: str, granularity: str,
     """Build the view, run the technique, check its scores and the weights: the child's work."""
     import torch
 
-    from mibench.api import MibenchError, validate_scores
+    from mibench.api import MibenchError, validate_roles, validate_scores
     from mibench.model.passes import PassCounter
     from mibench.registry import load_technique
 
@@ -173,6 +173,7 @@ def run_technique(unit: Unit, technique_ref: str, granularity: str,
             raw = technique.attribute(view)
         runtime = time.perf_counter() - start
         scores = validate_scores(raw, view.components(), technique.name)
+        roles = validate_roles(raw.attrs.get("roles"), scores.index, technique.name)
         if any(not torch.equal(p, w) for p, w in zip(unit.model.parameters(), weights)):
             raise MibenchError(f"technique {technique.name!r} changed the model's weights; adapters "
                                f"must leave the model as they found it")
@@ -181,7 +182,8 @@ def run_technique(unit: Unit, technique_ref: str, granularity: str,
                 "runtime_s": round(time.perf_counter() - start, 4)}
     return {"status": "ok", "scores": {k: float(v) for k, v in scores.items()},
             "runtime_s": round(runtime, 4), "forward_passes": round(passes.forward_passes, 3),
-            "backward_passes": round(passes.backward_passes, 3)}
+            "backward_passes": round(passes.backward_passes, 3),
+            **({} if roles is None else {"roles": roles})}
 
 
 def _signal_name(number: int) -> str:

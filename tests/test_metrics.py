@@ -32,7 +32,7 @@ def test_score_run_records_exactly_the_table_metrics_of_its_granularity():
     truth = Truth(nodes={"a1.h2": "ind"}, direct={"a1.h2": 1}, answer_layer=1)
     node = score_run(pd.Series({"a0.h0": 0.1, "a1.h2": 0.9}), truth, "node", signed=False)
     layer = score_run(pd.Series({"L0": 0.2, "L1": 0.9}), truth, "layer", signed=False)
-    curves = {"faithfulness_curve", "faithfulness_counterfactual_curve"}
+    curves = {"faithfulness_curve", "faithfulness_counterfactual_curve", "faithfulness_optimal_curve"}
     assert set(node) == {m.name for m in metrics.applicable("node")} | DETAILS | curves
     assert set(layer) == {m.name for m in metrics.applicable("layer")} | DETAILS
     assert "answer_layer_error" in layer and "faithfulness" not in layer

@@ -68,6 +68,10 @@ def add_arguments(parser) -> None:
                         help=f"build instances from private seeds derived from this secret (or set "
                              f"{SALT_ENV}): a held-out leaderboard nobody can rebuild; results record "
                              f"that seeds were private, never the salt")
+    parser.add_argument("--faithfulness-optimal", action="store_true",
+                        help="also score node-level runs' faithfulness with every other node replaced "
+                             "by its optimal constant (Li & Janson 2024), fitted per node on the train "
+                             "prompts; costs a fit per (case, seed) (tens of seconds at medium)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per run instead of a table")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar (or, when not on a terminal, the progress lines)")
 
@@ -77,9 +81,9 @@ def summary_table(records) -> str:
     (from mibench.metrics), the runtime and the passes."""
     from tabulate import tabulate
 
-    from mibench.metrics import columns, format_value
+    from mibench.metrics import columns, format_value, measured
 
-    shown = columns({r.granularity for r in records})
+    shown = columns({r.granularity for r in records}, measured(r.metrics for r in records))
     rows = [[r.technique, r.case, r.seed if not r.prompt_sample else f"{r.seed} (prompts {r.prompt_sample})",
              r.status, *[format_value(r.metrics.get(m.name)) for m in shown],
              f"{r.runtime_s:.2f}", f"{r.forward_passes:g}+{r.backward_passes:g}"] for r in records]
@@ -108,7 +112,8 @@ def main(args) -> int:
 
     execution = Execution(jobs=args.jobs or default_jobs(), executor=args.executor, address=args.address,
                           limits=Limits(args.timeout, args.memory_limit),
-                          seed_salt=args.seed_salt or os.environ.get(SALT_ENV) or None)
+                          seed_salt=args.seed_salt or os.environ.get(SALT_ENV) or None,
+                          faithfulness_optimal=args.faithfulness_optimal)
 
     n_kept, fresh = 0, []
 
