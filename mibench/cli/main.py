@@ -7,10 +7,10 @@ import sys
 
 from mibench import __version__
 from mibench.api import MibenchError
-from mibench.cli import check_technique, leaderboard, list as list_cmd, report, run, verify
+from mibench.cli import check_technique, leaderboard, list as list_cmd, report, run, verify, verify_claims
 
 SUBCOMMANDS = {"run": run, "list": list_cmd, "leaderboard": leaderboard, "verify": verify,
-               "check-technique": check_technique, "report": report}
+               "verify-claims": verify_claims, "check-technique": check_technique, "report": report}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -128,7 +128,7 @@ def _failures(records, case: str) -> str:
                    "top false positives (same seed)"], rows)
 
 
-def render_report(records: list[RunRecord], excluded: list[Excluded]) -> str:
+def render_report(records: list[RunRecord], excluded: list[Excluded], verification: list | None = None) -> str:
     every_sample = records
     records = S.main_sample(sorted(records, key=lambda r: (r.case, r.technique, r.seed)))
     cases = markdown.case_order(records)
@@ -136,6 +136,7 @@ def render_report(records: list[RunRecord], excluded: list[Excluded]) -> str:
     parts = [f"<h1>mibench report</h1><p class='note'>{_prose(markdown.INTRO)} {_prose(S.commits_note(records))}</p>",
              "<nav><a href='#use'>which technique</a><a href='#rankings'>rankings</a><a href='#chance'>chance</a>"
              + ("<a href='#traps'>traps</a>" if any(r.case_tier == "trap" for r in records) else "")
+             + ("<a href='#verification'>verification</a>" if verification else "")
              + "".join(f'<a href="#case-{_esc(c)}">{_esc(c)}</a>' for c in cases) + "</nav>",
              _decision(rankings), _rankings(rankings, every_sample),
              _figure(figures.cost_quality(records), "Each point is a node-level technique on at least "
@@ -165,6 +166,10 @@ def render_report(records: list[RunRecord], excluded: list[Excluded]) -> str:
               "found: in the top k and standing out from the non-truth scores (above their median "
               "plus 3.5 robust standard deviations). Which roles each technique tends to miss "
               "(backup heads, negative heads, indirect-effect heads).</p>", _role_recall(records)]
+    if verification:
+        from mibench.report.verification import render_html
+
+        parts.append(render_html(verification))
     agree = []
     for a, b in S.FEATURED_PAIRS:
         for case, info in S.agreement(records, a, b).items():
@@ -187,6 +192,10 @@ def render_report(records: list[RunRecord], excluded: list[Excluded]) -> str:
                   _figure(figures.faithfulness_curves(records, case),
                           "Metric recovered when keeping only each technique's top-ranked nodes."),
                   "<h3>Failure cases</h3>", _failures(records, case)]
+        labels = S.role_label_rows(records, case)
+        if labels:
+            parts += ["<h3>Role labels</h3>", f"<p class='note'>{_prose(markdown.ROLE_LABELS_NOTE)}</p>",
+                      _table(*labels)]
     cert_rows = markdown.certificate_rows(records)
     if cert_rows:
         styled = [[*row[:4], f'<span class="{"pass" if row[4] == "pass" else "fail"}">{row[4]}</span>']

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from mibench import metrics
 from mibench.report import ranking as R
 from mibench.report import summary as S
 from mibench.results import Excluded, RunRecord
@@ -40,6 +39,11 @@ RANKING_NOTE = (f"Techniques are sorted by mean {R.primary_metric().label} over 
                 f"with the Vargha–Delaney A12 effect size (the probability that the first scores "
                 f"higher; 0.5 is no effect, 0.71 and above large); *not distinguishable* means the "
                 f"adjusted p is 0.05 or more.")
+
+ROLE_LABELS_NOTE = ("Role labels: techniques that name each component's role (a role detector) are "
+                    "also scored on the labels themselves: for each role of the truth, the share of "
+                    "components labelled with it that have it (precision) and the share of its "
+                    "members labelled with it (recall), mean over seeds.")
 
 
 def _trap_cell(runs: list[RunRecord]) -> str:
@@ -132,7 +136,7 @@ def case_tables(records: list[RunRecord], case: str) -> list[str]:
     out = []
     groups = S.by([r for r in records if r.case == case], "granularity", "technique")
     for granularity in sorted({g for g, _ in groups}, key=GRANULARITIES.index):
-        columns = metrics.columns([granularity])
+        columns = S.metric_columns([r for r in records if r.case == case and r.granularity == granularity])
         ranked, not_run = [], []
         for (g, tech), runs in groups.items():
             if g != granularity:
@@ -234,7 +238,9 @@ def case_order(records: list[RunRecord]) -> list[str]:
     return sorted(tiers, key=lambda c: (c != "ioi", tiers[c] == "trap", c))
 
 
-def render_leaderboard(records: list[RunRecord], excluded: list[Excluded]) -> str:
+def render_leaderboard(records: list[RunRecord], excluded: list[Excluded],
+                       verification: list | None = None) -> str:
+    """LEADERBOARD.md from run records and, when given, the verification track's records."""
     every_sample = records
     records = S.main_sample(sorted(records, key=lambda r: (r.case, r.technique, r.seed)))
     rankings = R.rankings(records)
@@ -280,6 +286,10 @@ def render_leaderboard(records: list[RunRecord], excluded: list[Excluded]) -> st
                     "fooled, out of those on which either was (the diagonal: how often each was "
                     "fooled). Techniques that fail together give no second opinion on each other."
                     + (f" Most often together: {named}." if named else ""), "", table, ""]
+    if verification:
+        from mibench.report.verification import render_markdown
+
+        out += [render_markdown(verification), ""]
     agree = agreement_table(records)
     if agree:
         out += ["## Agreement between techniques", "",
@@ -290,6 +300,9 @@ def render_leaderboard(records: list[RunRecord], excluded: list[Excluded]) -> st
         out += [f"## Case `{case}` ({tier})", ""]
         for table in case_tables(records, case):
             out += [table, ""]
+        labels = S.role_label_rows(records, case)
+        if labels:
+            out += [ROLE_LABELS_NOTE, "", _table(*reversed(labels)), ""]
     certs = certificate_table(records)
     if certs:
         out += ["## Ground-truth certificates", "",

@@ -21,7 +21,13 @@ FEATURED_PAIRS = (("activation_patching", "attribution_patching"),
                   ("activation_patching@site", "causal_tracing@site"),
                   ("activation_patching", "integrated_gradients"),
                   ("resample_ablation", "zero_ablation"),
-                  ("logit_lens", "tuned_lens"))
+                  ("logit_lens", "tuned_lens"),
+                  ("activation_patching", "optimal_ablation"),
+                  ("activation_patching", "role_detector"),
+                  # path patching is activation patching of one edge: the edge methods' reference
+                  ("path_patching", "acdc"),
+                  ("path_patching", "edge_pruning"),
+                  ("path_patching", "eap_ig"))
 
 
 def ok(records: list[RunRecord]) -> list[RunRecord]:
@@ -30,7 +36,7 @@ def ok(records: list[RunRecord]) -> list[RunRecord]:
 
 def metric_columns(records: list[RunRecord]) -> tuple[metrics.Metric, ...]:
     """The metric columns of a table of these runs (see :func:`mibench.metrics.columns`)."""
-    return metrics.columns({r.granularity for r in records})
+    return metrics.columns({r.granularity for r in records}, metrics.measured(r.metrics for r in records))
 
 
 def stat(records: list[RunRecord], key: str) -> dict[str, Any]:
@@ -128,6 +134,24 @@ def role_recall(records: list[RunRecord]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
     return pd.DataFrame(rows).groupby(["technique", "role"])["recall"].mean().unstack("role").sort_index()
+
+
+def role_label_rows(records: list[RunRecord], case: str) -> tuple[list[str], list[list[str]]] | None:
+    """Headers and rows of a case's role-labelling table (techniques that label components with
+    roles, such as ``role_detector``): per technique and truth role, the precision and recall of
+    its labels, mean over seeds with the interval; None when no run on the case labelled roles."""
+    runs = [r for r in ok(records) if r.case == case and r.metrics.get("role_labels")]
+    if not runs:
+        return None
+    truth_roles = sorted({role for r in runs for role in r.truth_labels.values()})
+    rows = []
+    for (tech,), tech_runs in by(runs, "technique").items():
+        for role in truth_roles:
+            cells = [[(r.metrics["role_labels"].get(role) or {}).get(key) for r in tech_runs]
+                     for key in ("precision", "recall", "n_labelled")]
+            rows.append([tech, role, fmt(aggregate(cells[0])), fmt(aggregate(cells[1])),
+                         fmt(aggregate(cells[2]), 1), str(len(tech_runs))])
+    return ["technique", "truth role", "precision of its labels", "recall", "labelled per seed", "seeds"], rows
 
 
 def agreement(records: list[RunRecord], a: str, b: str) -> dict[str, dict[str, Any]]:
