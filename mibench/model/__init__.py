@@ -6,6 +6,8 @@
 * :mod:`~mibench.model.weights` — a head's write, a write's logits, the readers' weight matrices;
 * :mod:`~mibench.model.layernorm` — norm kinds, frozen scales, the exact norm VJP;
 * :mod:`~mibench.model.ablation` — caching, patching and ablation (one implementation);
+* :mod:`~mibench.model.edges` — interventions on edges: masked mixes of current and corrupted
+  writes at every receiver (ACDC, edge pruning); :mod:`~mibench.model.paths` — path patching on it;
 * :mod:`~mibench.model.gradients` — gradients into every node's inputs (AtP, EAP, EAP-IG);
 * :mod:`~mibench.model.readout` — direct effects and decoding residuals (DLA, the lenses);
 * :mod:`~mibench.model.noising` — embedding noise for causal tracing;
