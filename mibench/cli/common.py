@@ -94,3 +94,22 @@ def load_runs(labels: list[str]) -> list:
         else:
             runs += [RunSpec(technique, g, asked=g == technique.granularity, ref=ref) for g in supported]
     return runs
+
+
+def _positive(kind):
+    """An argparse type accepting only numbers of ``kind`` above 0."""
+    def parse(text: str):
+        import argparse
+
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+positive_int, positive_float = _positive(int), _positive(float)

@@ -10,27 +10,10 @@ HELP = "run techniques on known circuits and record scored results"
 SALT_ENV = "MIBENCH_SEED_SALT"
 
 
-def _positive(kind):
-    def parse(text: str):
-        import argparse
-
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
-
-
-_positive_int, _positive_float = _positive(int), _positive(float)
-
 
 def add_arguments(parser) -> None:
     from mibench.api import LEADERBOARD_SIZE, SIZES
-    from mibench.cli.common import DEFAULT_RESULTS
+    from mibench.cli.common import DEFAULT_RESULTS, positive_float, positive_int
     from mibench.executors import EXECUTORS
     from mibench.sandbox import DEFAULT_MEMORY_GB, DEFAULT_TIMEOUT_S
 
@@ -50,7 +33,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="rerun every run; by default a run whose result file is complete and current "
                              "(same technique and case versions, same truth; not an error) is kept")
-    parser.add_argument("--jobs", type=_positive_int, default=None,
+    parser.add_argument("--jobs", type=positive_int, default=None,
                         help="(case, seed) units run at once in a local process pool (default: the "
                              "machine's cores); results do not depend on it")
     parser.add_argument("--executor", choices=EXECUTORS, default="local",
@@ -58,10 +41,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--address", default=None,
                         help="with --executor ray: the cluster to join (e.g. auto or ray://host:10001); "
                              "default: start a local one")
-    parser.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S,
+    parser.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_S,
                         help=f"seconds one run may take before it is stopped and recorded as an error "
                              f"(default: {DEFAULT_TIMEOUT_S:g})")
-    parser.add_argument("--memory-limit", type=_positive_float, default=DEFAULT_MEMORY_GB,
+    parser.add_argument("--memory-limit", type=positive_float, default=DEFAULT_MEMORY_GB,
                         help=f"GiB one run may allocate beyond its worker's own before it fails as an "
                              f"error (default: {DEFAULT_MEMORY_GB:g})")
     parser.add_argument("--seed-salt", default=None,

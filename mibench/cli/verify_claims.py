@@ -9,7 +9,7 @@ HELP = "run circuit verifiers on claims of known status and report their false-a
 
 def add_arguments(parser) -> None:
     from mibench.api import LEADERBOARD_SIZE, SIZES
-    from mibench.cli.common import DEFAULT_RESULTS
+    from mibench.cli.common import DEFAULT_RESULTS, positive_int
 
     parser.add_argument("--verifier", default="all",
                         help="verifier name(s) from verifiers/, comma-separated, or 'all' (default: all)")
@@ -20,14 +20,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--results", default=DEFAULT_RESULTS,
                         help=f"folder whose verification/ subfolder gets one record per (verifier, case, "
                              f"seed) (default: {DEFAULT_RESULTS})")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="(case, seed) instances judged at once in a process pool (default: 1); "
-                             "figures do not depend on it")
+    parser.add_argument("--jobs", type=positive_int, default=None,
+                        help="(case, seed) instances judged at once in a process pool (default: the "
+                             "machine's cores); figures do not depend on it")
     parser.add_argument("--no-progress", action="store_true", help="no line per finished (case, seed)")
 
 
 def main(args) -> int:
     from mibench.cli.common import case_names, parse_seeds
+    from mibench.executors import default_jobs
     from mibench.registry import load_case
     from mibench.report.verification import render_markdown
     from mibench.verification import load_verifiers
@@ -46,7 +47,7 @@ def main(args) -> int:
         print(f"{case.name} seed {seed}: {status}, {judged} verdicts, built and certified in "
               f"{records[0].certifying_s:.1f} s, verifiers {spent:.1f} s", file=sys.stderr)
 
-    records = run_track(verifiers, cases, seeds, args.results, args.size, jobs=args.jobs,
+    records = run_track(verifiers, cases, seeds, args.results, args.size, jobs=args.jobs or default_jobs(),
                         on_instance=progress)
     print(render_markdown(records))
     failed = [f"{r.verifier} on {r.case} seed {r.seed}: {r.error}" for r in records if r.status == "error"]
