@@ -113,3 +113,19 @@ def test_verify_claims_runs_one_verifier_on_one_case_and_prints_the_table(tmp_pa
     assert record.status == "ok" and record.python_version and record.torch_version and record.machine
     assert {v["label"] for v in record.verdicts} >= {"true", "minus_role:previous_token"}
     assert next(v for v in record.verdicts if v["label"] == "true")["accept"]
+
+
+def test_the_leaderboard_section_breaks_errors_down_by_case_and_runtimes_stay_out():
+    from mibench.report.verification import case_rows, render_markdown, runtime_rows
+
+    records = [_record("v", [("true", True, True), ("random", False, True)]),
+               _record("v", [("true", True, False), ("random", False, False)])]
+    records[1].case, records[0].runtime_s, records[1].runtime_s = "trap_backup", 1.0, 3.0
+    headers, rows = case_rows(records)
+    assert headers[1:] == [records[0].case, "trap_backup"]  # planted cases before traps
+    assert rows == [["v", "1/1 · 0/1", "0/1 · 1/1"]]
+    text = render_markdown(records)
+    assert "### By case" in text and "1/1 · 0/1" in text
+    records[0].runtime_s = 99.0  # runtimes go to RUNTIMES.md, never into the section
+    assert render_markdown(records) == text
+    assert runtime_rows(records) == [["v", "2", "4", "25.50"]]

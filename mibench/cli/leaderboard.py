@@ -43,7 +43,7 @@ def main(args) -> int:
     verification = [r for r in load_verification(args.results) if r.size == args.size]
     md.write_text(render_leaderboard(records, excluded, verification))
     page.write_text(render_report(records, excluded, verification))
-    (out / "RUNTIMES.md").write_text(render_runtimes(records))
+    (out / "RUNTIMES.md").write_text(render_runtimes(records, verification))
     figures = out / "figures"  # the per-case heat maps as files, for READMEs and papers
     figures.mkdir(exist_ok=True)
     for case in sorted({r.case for r in records}):

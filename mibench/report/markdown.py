@@ -320,7 +320,7 @@ def render_leaderboard(records: list[RunRecord], excluded: list[Excluded],
     return "\n".join(out)
 
 
-def render_runtimes(records: list[RunRecord]) -> str:
+def render_runtimes(records: list[RunRecord], verification: list | None = None) -> str:
     """RUNTIMES.md: what each technique and each case's certification took, and on which machines.
     Kept out of LEADERBOARD.md because it changes with the machine and its load."""
     records = [r for r in S.main_sample(records)]
@@ -342,4 +342,14 @@ def render_runtimes(records: list[RunRecord]) -> str:
         _table(rows, ["technique", "granularity", "runs", "runtime s / run", "passes fwd + bwd"]), "",
         "## Building and certifying each instance", "", "Once per (case, seed) for all its runs; "
         "for most cases this, not the techniques, dominates a grid's wall time.", "",
-        _table(cert, ["case", "instances", "seconds per instance"]), ""])
+        _table(cert, ["case", "instances", "seconds per instance"]), "", *_verifier_runtimes(verification)])
+
+
+def _verifier_runtimes(verification: list | None) -> list[str]:
+    if not verification:
+        return []
+    from mibench.report.verification import runtime_rows
+
+    return ["## Verifiers", "", "Seconds per claim judged (after the instance is built and certified, "
+            "once for every verifier).", "",
+            _table(runtime_rows(verification), ["verifier", "instances", "claims", "seconds per claim"]), ""]

@@ -53,6 +53,24 @@ def type_rows(rates: dict[str, ErrorRates]) -> tuple[list[str], list[list[str]]]
     return headers, rows
 
 
+CASE_NOTE = ("By case (the traps included): wrong claims accepted / wrong claims, and true circuits "
+             "rejected / true circuits, over the seeds.")
+
+
+def case_rows(records: list[VerificationRecord]) -> tuple[list[str], list[list[str]]]:
+    """Verifier × case: the errors on each case's claims, ``accepted wrong a/b · rejected true c/d``."""
+    cases = sorted({r.case for r in records}, key=lambda c: (c.startswith("trap_"), c))
+    rows = []
+    for verifier in sorted({r.verifier for r in records}):
+        cells = []
+        for case in cases:
+            rates = error_rates([r for r in records if r.verifier == verifier and r.case == case]).get(verifier)
+            cells.append("-" if rates is None or not (rates.far.n or rates.frr.n) else
+                         f"{rates.far.k}/{rates.far.n} · {rates.frr.k}/{rates.frr.n}")
+        rows.append([verifier, *cells])
+    return ["verifier (wrong accepted · true rejected)", *cases], rows
+
+
 def render_markdown(records: list[VerificationRecord], level: int = 2) -> str:
     """The section, with a heading of ``level`` (the leaderboard's sections are ``##``)."""
     if not records:
@@ -66,8 +84,23 @@ def render_markdown(records: list[VerificationRecord], level: int = 2) -> str:
     out += [tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), "",
             f"{'#' * (level + 1)} By claim type", "", TYPE_NOTE, ""]
     headers, rows = type_rows(rates)
+    out += [tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), "",
+            f"{'#' * (level + 1)} By case", "", CASE_NOTE, ""]
+    headers, rows = case_rows(records)
     out += [tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), ""]
     return "\n".join(out)
+
+
+def runtime_rows(records: list[VerificationRecord]) -> list[list[str]]:
+    """Per verifier: instances, claims judged and seconds per claim (for RUNTIMES.md: it depends
+    on the machine, so the leaderboard's tables leave it out)."""
+    rows = []
+    for verifier in sorted({r.verifier for r in records}):
+        mine = [r for r in records if r.verifier == verifier and r.status == "ok"]
+        claims = sum(len(r.verdicts) for r in mine)
+        seconds = sum(r.runtime_s for r in mine)
+        rows.append([verifier, str(len(mine)), str(claims), f"{seconds / claims:.2f}" if claims else "-"])
+    return rows
 
 
 def _html_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -83,4 +116,5 @@ def render_html(records: list[VerificationRecord]) -> str:
     rates = error_rates(records)
     return (f'<section id="verification"><h2>{html.escape(HEADING)}</h2><p>{html.escape(INTRO)}</p>'
             f"{_html_table(*overall_rows(rates))}<h3>By claim type</h3><p>{html.escape(TYPE_NOTE)}</p>"
-            f"{_html_table(*type_rows(rates))}</section>")
+            f"{_html_table(*type_rows(rates))}<h3>By case</h3><p>{html.escape(CASE_NOTE)}</p>"
+            f"{_html_table(*case_rows(records))}</section>")
