@@ -109,28 +109,37 @@ class Graph:
 
 
 #: below this share of removed (mask, sender, receiver) entries, the changes are gathered one
-#: removed edge at a time rather than as a dense product (path patching removes one edge per mask)
+#: removed edge at a time rather than as a dense product (path patching removes one edge per mask);
+#: below this share of kept entries, the sum of all changes less the kept ones (ACDC's late
+#: circuits keep a few edges of thousands)
 SPARSE_BELOW = 0.05
-
-
-def _dense(removed: torch.Tensor) -> bool:
-    return removed.requires_grad or bool(removed.count_nonzero() > SPARSE_BELOW * removed.numel())
 
 
 def _mix(removed: torch.Tensor, changes: torch.Tensor, pair_of: torch.Tensor, n_pairs: int) -> torch.Tensor:
     """``out[p] = Σ_s removed[b, s, r] · changes[(b,) s]`` for each (mask b, receiver r) pair ``p``
-    (``pair_of[b, r]``, −1 for pairs not asked for): ``[pairs, N]`` from ``removed`` ``[B, S, R]``
-    and ``changes`` ``[S, N]`` (the same for every mask) or ``[B, S, N]``. Dense as a matrix
-    product; with few removed entries and no gradient, only the removed ones are gathered."""
-    if _dense(removed):
+    (``pair_of[b, r]``, numbered in row-major order, −1 for pairs not asked for): ``[pairs, N]``
+    from ``removed`` ``[B, S, R]`` and ``changes`` ``[S, N]`` (the same for every mask) or
+    ``[B, S, N]``. Dense as a matrix product; without a gradient, and when few entries are
+    removed (or few kept), only those are gathered."""
+    asked = pair_of >= 0
+    n_removed = int(removed.detach().count_nonzero())
+    n_kept = int((removed.detach() != 1).count_nonzero())
+    if removed.requires_grad or min(n_removed, n_kept) > SPARSE_BELOW * removed.numel():
         full = torch.einsum("bsr,sN->brN", removed, changes) if changes.dim() == 2 else \
             torch.bmm(removed.transpose(1, 2), changes)
-        b, r = torch.nonzero(pair_of >= 0, as_tuple=True)
-        return full.new_zeros(n_pairs, changes.shape[-1]).index_copy(0, pair_of[b, r], full[b, r])
-    b, s, r = removed.nonzero(as_tuple=True)
+        return full[asked]
+    if n_removed <= n_kept:
+        b, s, r = removed.nonzero(as_tuple=True)
+        out, weight = changes.new_zeros(n_pairs, changes.shape[-1]), removed[b, s, r]
+    else:  # Σ_s changes − Σ_s (1 − removed) · changes, over the few kept entries
+        pair_b = asked.nonzero(as_tuple=True)[0]
+        out = changes.sum(0).expand(n_pairs, -1).clone() if changes.dim() == 2 else changes.sum(1)[pair_b]
+        b, s, r = (removed != 1).nonzero(as_tuple=True)
+        weight = removed[b, s, r] - 1
+    p = pair_of[b, r]
+    b, s, p, weight = b[p >= 0], s[p >= 0], p[p >= 0], weight[p >= 0]
     rows = changes[s] if changes.dim() == 2 else changes[b, s]
-    out = changes.new_zeros(n_pairs, changes.shape[-1])
-    return out.index_add_(0, pair_of[b, r], rows * removed[b, s, r][:, None])
+    return out.index_add_(0, p, rows * weight[:, None])
 
 
 class EdgePatcher:
