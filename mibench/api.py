@@ -301,6 +301,11 @@ class Case(ABC):
         """The planted model and its truth for one seed at one size (deterministic); call
         :meth:`check_size` first."""
 
+    def truth(self, seed: int, size: str = DEFAULT_SIZE) -> Truth:
+        """The ground truth of the instance of ``seed`` at ``size`` (for scoring a result made
+        elsewhere, such as an imported graph); a literature case's labels need no weights."""
+        return self.build(seed, size).truth
+
     def check_size(self, size: str) -> None:
         """Raise a one-line error unless this case builds ``size``."""
         if size not in self.sizes:

@@ -14,6 +14,10 @@ ablate. On the normalized scale of :class:`~mibench.model.ablation.Ablator` (1 =
 * plus the case's role-specific checks (backup compensation, trap mechanisms, …).
 
 A case whose certificate fails is never scored.
+
+A literature case (:mod:`mibench.literature`) gets a certificate that measures and flags instead of
+gating: its checks carry ``gates=False``, a reference instead of a threshold, and the verdict
+``ok`` or ``flag`` (see :func:`certify_literature`).
 """
 from __future__ import annotations
 
@@ -32,6 +36,9 @@ class Check:
     threshold: float
     op: str  # ">=" or "<="
     detail: str = ""
+    #: False for a measurement reported against a reference (the literature tier): it flags, and
+    #: never stops a case from being scored
+    gates: bool = True
 
     def __post_init__(self) -> None:
         if self.op not in (">=", "<="):
@@ -48,6 +55,12 @@ class Check:
             return False
         return self.value >= self.threshold if self.op == ">=" else self.value <= self.threshold
 
+    @property
+    def verdict(self) -> str:
+        if self.gates:
+            return "pass" if self.passed else "FAIL"
+        return "ok" if self.passed else "flag"
+
 
 @dataclass
 class Certificate:
@@ -57,25 +70,26 @@ class Certificate:
 
     @property
     def passed(self) -> bool:
-        return bool(self.checks) and all(c.passed for c in self.checks)
+        return bool(self.checks) and all(c.passed for c in self.checks if c.gates)
 
     def failed(self) -> list[Check]:
-        return [c for c in self.checks if not c.passed]
+        return [c for c in self.checks if c.gates and not c.passed]
 
     def to_json(self) -> dict[str, Any]:
         return {"case": self.case, "seed": self.seed, "passed": self.passed,
-                "checks": [{**asdict(c), "passed": c.passed} for c in self.checks]}
+                "checks": [{**asdict(c), "passed": c.passed, "verdict": c.verdict} for c in self.checks]}
 
     def reason(self) -> str:
         return "; ".join(f"{c.name} = {c.shown} (needs {c.op} {c.threshold:g})" for c in self.failed())
 
     def rows(self) -> list[list[Any]]:
-        return [[c.name, c.shown, f"{c.op} {c.threshold:g}", "pass" if c.passed else "FAIL",
-                 c.detail] for c in self.checks]
+        return [[c.name, c.shown, f"{c.op} {c.threshold:g}", c.verdict, c.detail] for c in self.checks]
 
 
 def certify(case, instance, prompts, ablator) -> Certificate:
     """Measure the certificate of one (case, seed) on ``prompts`` with ``ablator`` (built on them)."""
+    if getattr(case, "tier", None) == "literature":
+        return certify_literature(case, instance, ablator)
     truth = instance.truth
     cert = Certificate(case.name, instance.seed)
     cert.checks.append(Check("accuracy", ablator.metric.accuracy(ablator.clean_logits),
@@ -101,6 +115,55 @@ def certify(case, instance, prompts, ablator) -> Certificate:
         cert.checks.append(Check("strictness", moves[worst], THRESHOLDS["strictness"], "<=",
                                  f"largest move by one non-truth node ({worst})"))
     cert.checks.extend(case.extra_checks(instance, prompts, ablator))
+    return cert
+
+
+#: a label's single-node effect (share of the behaviour lost when it alone is ablated) counts as
+#: contradicting the label only beyond this margin of the sign the label implies
+CONTRADICTION_MARGIN = 0.01
+
+
+def certify_literature(case, instance, ablator) -> Certificate:
+    """The literature tier's certificate: measurements on the user's weights, each against a
+    reference, flagged where they contradict the paper's labels; none of them gates.
+
+    * accuracy — task accuracy on clean prompts (reference: the planted tier's threshold);
+    * circuit faithfulness — behaviour left with only the labelled nodes intact, every other node
+      resample-ablated (reference: the planted tier's sufficiency);
+    * complement — behaviour left with the labelled nodes ablated and the rest intact (reference:
+      the planted tier's necessity);
+    * effect of each label — the share of the behaviour lost when that node alone is ablated:
+      a negative mover (``direct`` −1) should raise the metric when removed, any other label lower
+      it; flagged when the measurement has the other sign by more than ``CONTRADICTION_MARGIN``.
+      Roles the case exempts from necessity (backup heads, silent by design) are reported, never
+      flagged.
+    """
+    truth = instance.truth
+    cert = Certificate(case.name, instance.seed)
+    measured = lambda *args: Check(*args, gates=False)  # noqa: E731
+    cert.checks.append(measured("accuracy", ablator.metric.accuracy(ablator.clean_logits),
+                                THRESHOLDS["accuracy"], ">=", "task accuracy on clean prompts"))
+    cert.checks.append(measured("circuit faithfulness", ablator.normalized(ablator.metric_keeping(truth.nodes)),
+                                THRESHOLDS["sufficiency"], ">=",
+                                "behaviour left with only the labelled nodes intact (the rest resample-ablated)"))
+    cert.checks.append(measured("complement", ablator.normalized(ablator.metric_without(truth.nodes)),
+                                THRESHOLDS["necessity"], "<=",
+                                "behaviour left with every labelled node resample-ablated"))
+    single = ablator.single_removals(truth.nodes)
+    for node in (n for n in ablator.all_nodes if n in truth.nodes):  # in model order
+        role = truth.nodes[node]
+        lost = 1.0 - ablator.normalized(single[node])
+        if role in case.necessity_exempt:
+            cert.checks.append(measured(f"effect {node}", lost, -math.inf, ">=",
+                                        f"{role}: share of the behaviour lost when it alone is ablated "
+                                        f"(not flagged: {case.necessity_exempt[role]})"))
+        elif truth.direct.get(node) == -1:
+            cert.checks.append(measured(f"effect {node}", lost, CONTRADICTION_MARGIN, "<=",
+                                        f"{role}: share lost when it alone is ablated (a negative mover "
+                                        f"should raise the metric when removed)"))
+        else:
+            cert.checks.append(measured(f"effect {node}", lost, -CONTRADICTION_MARGIN, ">=",
+                                        f"{role}: share lost when it alone is ablated (should be positive)"))
     return cert
 
 

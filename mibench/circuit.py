@@ -16,7 +16,8 @@ from mibench.api import MibenchError, Truth, granularities_labelled
 
 _FIELDS = {"roles", "edges", "direct", "variables", "sites", "neurons", "answer_layer", "targets",
            "citations"}
-_ROLE_FIELDS = {"layer", "kind", "description"}
+#: ``components``: where a paper found the role (literature cases); planted cases place roles per seed
+_ROLE_FIELDS = {"layer", "kind", "description", "components"}
 #: what an edge's optional fourth element may say about an edge whose path effect alone is nil:
 #: ``nil`` — the case's corruption never changes what flows along it (left out of edge scoring);
 #: ``redundant`` — another route carries the same information (scored; the certificate checks the
@@ -110,6 +111,17 @@ class Circuit:
             out.append(f"the instance has truth at {', '.join(truth.granularities())}; circuit.yaml "
                        f"at {', '.join(self.granularities())}")
         return out
+
+    def fixed_placement(self) -> dict[str, list[str]]:
+        """Each role on the components circuit.yaml names for it (a literature case's labels)."""
+        unplaced = [role for role, spec in self.roles.items() if not spec.get("components")]
+        if unplaced:
+            raise MibenchError(f"{self.name}/circuit.yaml: roles {unplaced} name no components")
+        placement = {role: list(spec["components"]) for role, spec in self.roles.items()}
+        for role, nodes in placement.items():
+            for node in nodes:
+                names.parse_node(node)
+        return placement
 
     def truth(self, placement: dict[str, list[str]], neurons: dict[str, str] | None = None,
               layer_map: dict[int, int] | None = None, n_layers: int | None = None) -> Truth:

@@ -55,7 +55,7 @@ class UnitFiles:
 
         self.folder = Path(tempfile.mkdtemp(prefix="mibench-unit-"))
         weakref.finalize(self, shutil.rmtree, self.folder, True)
-        save_model(model, self.folder / "model.safetensors")
+        save_model(model, self.folder)
         test, test_layout = prompts.to_tensors("test")
         train, train_layout = train_prompts.to_tensors("train")
         save_file({**test, **train}, str(self.folder / "prompts.safetensors"))

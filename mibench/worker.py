@@ -104,7 +104,7 @@ def load_unit(folder: str | Path) -> Unit:
     folder = Path(folder)
     view = json.loads((folder / "view.json").read_text())
     tensors = load_file(folder / "prompts.safetensors")
-    return Unit(load_model(folder / "model.safetensors"),
+    return Unit(load_model(folder),
                 PromptSet.from_tensors(tensors, "test", view["prompts"]),
                 PromptSet.from_tensors(tensors, "train", view["train_prompts"]),
                 MetricSpec.from_json(view["metric"]), view["case_name"], int(view["run_seed"]))

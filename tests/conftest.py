@@ -46,3 +46,11 @@ def failed_checks(cert) -> set[str]:
     import re
 
     return {" ".join(w for w in c.name.split() if not re.match(r"^[am]\d", w)) for c in cert.failed()}
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    """A random GPT-2-architecture checkpoint folder (see tests/gpt2_checkpoint.py)."""
+    from gpt2_checkpoint import make_tiny_gpt2
+
+    return make_tiny_gpt2(tmp_path_factory.mktemp("gpt2") / "checkpoint")

@@ -91,7 +91,15 @@ def test_to_json_round_trips_and_records_passed_per_check():
     assert data["case"] == "toy" and data["seed"] == 3 and data["passed"] is False
     assert [(c["name"], c["passed"]) for c in data["checks"]] == [("accuracy", True), ("strictness", False)]
     assert data["checks"][1] == {"name": "strictness", "value": 0.2, "threshold": 0.05, "op": "<=",
-                                 "detail": "largest move (a1.h0)", "passed": False}
+                                 "detail": "largest move (a1.h0)", "gates": True, "passed": False,
+                                 "verdict": "FAIL"}
+
+
+def test_a_measured_check_flags_without_failing_the_certificate():
+    """The literature tier's checks report against a reference: a miss is a flag, not a failure."""
+    cert = _cert(Check("accuracy", 1.0, 0.9, ">="), Check("complement", 0.7, 0.5, "<=", gates=False))
+    assert cert.passed and cert.failed() == [] and cert.reason() == ""
+    assert [c["verdict"] for c in cert.to_json()["checks"]] == ["pass", "flag"]
 
 
 def test_rows_print_the_threshold_and_verdict_of_each_check():

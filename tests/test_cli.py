@@ -32,7 +32,7 @@ def test_run_json_prints_one_ok_record_per_seed(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["run", "--technique", "activation_pacthing"], "Unknown technique 'activation_pacthing'. Did you mean 'activation_patching'"),
-    (["run", "--technique", "dla", "--case", "inducton"], "Unknown case 'inducton'. Did you mean 'induction'?"),
+    (["run", "--technique", "dla", "--case", "inducton"], "Unknown case 'inducton'. Did you mean 'induction'"),
     (["run", "--technique", "dla", "--seeds", "4-1"], "bad seed range '4-1'"),
     (["run", "--technique", "dla", "--seeds", "x"], "bad seed range 'x'"),
     (["verify", "--case", "nope"], "Unknown case 'nope'"),

@@ -39,10 +39,13 @@ def parse_seeds(text: str, what: str = "seed range") -> list[int]:
 
 
 def case_names(text: str | None) -> list[str]:
-    """Case names, comma-separated; ``all``; shell-style patterns such as ``trap_*``."""
-    available = list(case_entries())
+    """Case names, comma-separated; ``all``; shell-style patterns such as ``trap_*``. ``all`` (the
+    default) is every case the suite builds itself: the literature tier needs the user's GPT-2
+    weights, so its cases run only when named (``gpt2_ioi``, ``gpt2_*``)."""
+    entries = case_entries()
+    available = list(entries)
     if text in (None, "all"):
-        return sorted(available)
+        return sorted(name for name, entry in entries.items() if entry.meta["tier"] != "literature")
     chosen: list[str] = []
     for name in (n.strip() for n in text.split(",") if n.strip()):
         if any(c in name for c in "*?["):
@@ -113,3 +116,21 @@ def _positive(kind):
 
 
 positive_int, positive_float = _positive(int), _positive(float)
+
+
+def add_model_path(parser) -> None:
+    """``--model-path DIR``: where the literature tier's GPT-2 weights are (see
+    :mod:`mibench.model.pretrained`)."""
+    from mibench.model.pretrained import PATH_VARIABLE
+
+    parser.add_argument("--model-path", metavar="DIR", default=None,
+                        help="a Hugging Face GPT-2 checkpoint folder for the literature cases "
+                        f"(gpt2_*); default: ${PATH_VARIABLE}, else the Hugging Face cache or hub")
+
+
+def apply_model_path(args) -> None:
+    """Make ``--model-path`` the literature tier's weights for this process and its workers."""
+    from mibench.model.pretrained import use_model_path
+
+    if getattr(args, "model_path", None):
+        use_model_path(args.model_path)

@@ -70,9 +70,10 @@ def main(args) -> int:
             print("Trap verdict: " + ("FOOLED — " + metrics["fooled_reason"] if metrics["fooled"] else "not fooled"))
     cert = record.certificate
     if cert:
-        print(f"\nCertificate ({'pass' if cert['passed'] else 'FAIL'})")
+        print(f"\nCertificate ({'pass' if cert['passed'] else 'FAIL'}"
+              f"{'; measured against references, flags do not gate' if not all(c.get('gates', True) for c in cert['checks']) else ''})")
         print(tabulate([[c["name"], "-" if c["value"] is None else f"{c['value']:.3f}", f"{c['op']} {c['threshold']:g}",
-                         "pass" if c["passed"] else "FAIL"] for c in cert["checks"]],
+                         c.get("verdict") or ("pass" if c["passed"] else "FAIL")] for c in cert["checks"]],
                        headers=["check", "value", "needs", ""], disable_numparse=True))
     return 0
 

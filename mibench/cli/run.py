@@ -4,11 +4,12 @@ from __future__ import annotations
 import json
 import sys
 
+from mibench.cli.common import add_model_path
+
 HELP = "run techniques on known circuits and record scored results"
 
 
 SALT_ENV = "MIBENCH_SEED_SALT"
-
 
 
 def add_arguments(parser) -> None:
@@ -20,7 +21,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--technique", required=True,
                         help="technique name(s), comma-separated ('name@granularity' for one granularity), "
                              "'all', or a path to an adapter .py file")
-    parser.add_argument("--case", default="all", help="case name(s), comma-separated (default: all)")
+    parser.add_argument("--case", default="all",
+                        help="case name(s), comma-separated, or patterns such as 'trap_*' (default: all "
+                        "cases the suite builds; the literature tier's gpt2_* cases run when named)")
+    add_model_path(parser)
     parser.add_argument("--seeds", default="0-4", help="seeds, e.g. 0-4 or 0,3 (default: 0-4)")
     parser.add_argument("--prompt-samples", default="0",
                         help="independent prompt samples per seed, e.g. 0-2 (default: 0); the "
@@ -75,9 +79,10 @@ def summary_table(records) -> str:
 
 
 def main(args) -> int:
-    from mibench.cli.common import case_names, load_runs, parse_seeds, technique_names
+    from mibench.cli.common import apply_model_path, case_names, load_runs, parse_seeds, technique_names
     from mibench.registry import load_case
 
+    apply_model_path(args)
     seeds = parse_seeds(args.seeds)
     samples = parse_seeds(args.prompt_samples, "prompt sample range")
     cases = [load_case(n) for n in case_names(args.case)]

@@ -1,8 +1,13 @@
-"""A suite-built model as one safetensors file (weights, never pickle) and back: how a worker gets
-the model without the code of the case that built it.
+"""A model as safetensors (weights, never pickle) and back: how a worker gets the model without the
+code of the case that built it. :func:`save_model` / :func:`load_model` take the unit's folder.
 
-The file holds every parameter and buffer of the bridge's native model under its module path, and
-in its header what :func:`mibench.model.bridge.boot_native` needs to build the skeleton again.
+A suite-built (native) model is one file, ``model.safetensors``, holding every parameter and
+buffer of the bridge's native model under its module path, and in its header what
+:func:`mibench.model.bridge.boot_native` needs to build the skeleton again. A model loaded from
+Hugging Face (the literature tier) is saved as a Hugging Face checkpoint folder, ``hf/``
+(``config.json``, ``model.safetensors``, the tokenizer's files), written from the checkpoint it was
+booted from, and booted from it again exactly as :mod:`mibench.model.pretrained` boots the
+user's weights.
 """
 from __future__ import annotations
 
@@ -32,19 +37,57 @@ def _tensors(model) -> dict[str, torch.Tensor]:
     return {**dict(native.named_parameters()), **dict(native.named_buffers())}
 
 
-def save_model(model, path: str | Path) -> None:
+NATIVE_FILE, HF_FOLDER = "model.safetensors", "hf"
+
+
+def is_native(model) -> bool:
+    """Whether ``model`` was built by :func:`mibench.model.bridge.boot_native` (else: Hugging Face)."""
+    return type(model.original_model).__module__.startswith("transformer_lens")
+
+
+def save_model(model, folder: str | Path) -> None:
+    """Write ``model`` into ``folder`` (see the module docstring for the layout)."""
+    folder = Path(folder)
+    if not is_native(model):
+        _save_hugging_face(model, folder / HF_FOLDER)
+        return
+    _save_native(model, folder / NATIVE_FILE)
+
+
+def load_model(folder: str | Path):
+    """The model saved in ``folder``; a one-line MibenchError names the file and the problem."""
+    folder = Path(folder)
+    if (folder / HF_FOLDER).is_dir():
+        from mibench.model.pretrained import boot_checkpoint
+
+        return boot_checkpoint(folder / HF_FOLDER)
+    return _load_native(folder / NATIVE_FILE)
+
+
+def _save_hugging_face(model, folder: Path) -> None:
+    """The checkpoint ``model`` was booted from, written again as safetensors. Not the bridge's own
+    modules: booting rewrites GPT-2's Conv1D layers in place, whose weights then no longer load
+    into a fresh model."""
+    from transformers import AutoModelForCausalLM
+
+    source = getattr(model, "mibench_checkpoint", None)
+    if source is None:
+        raise MibenchError("a Hugging Face model reaches a worker as the checkpoint it was loaded from; "
+                           "load it with mibench.model.pretrained.boot_checkpoint")
+    AutoModelForCausalLM.from_pretrained(source).save_pretrained(folder, safe_serialization=True)
+    model.tokenizer.save_pretrained(folder)
+
+
+def _save_native(model, path: Path) -> None:
     from safetensors.torch import save_file
 
-    path = Path(path)
     tensors = {name: t.detach().contiguous().clone() for name, t in _tensors(model).items()}
     save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(_skeleton_config(model))})
 
 
-def load_model(path: str | Path):
-    """The model saved at ``path``; a one-line MibenchError names the file and the problem."""
+def _load_native(path: Path):
     from safetensors import safe_open
 
-    path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as file:
             config = json.loads((file.metadata() or {})[METADATA_KEY])
