@@ -7,10 +7,12 @@ import sys
 
 from mibench import __version__
 from mibench.api import MibenchError
-from mibench.cli import check_technique, leaderboard, list as list_cmd, report, run, verify, verify_claims
+from mibench.cli import (check_technique, export_graph, export_prompts, leaderboard, list as list_cmd, report, run,
+                         score_graph, verify, verify_claims)
 
 SUBCOMMANDS = {"run": run, "list": list_cmd, "leaderboard": leaderboard, "verify": verify,
-               "verify-claims": verify_claims, "check-technique": check_technique, "report": report}
+               "verify-claims": verify_claims, "check-technique": check_technique, "report": report,
+               "export-prompts": export_prompts, "score-graph": score_graph, "export-graph": export_graph}
 
 
 class _Parser(argparse.ArgumentParser):
