@@ -33,7 +33,7 @@ THRESHOLDS = {"accuracy": 0.9, "necessity": 0.5, "sufficiency": 0.9, "strictness
 class Check:
     name: str
     value: float
-    threshold: float
+    threshold: float | None  # None: reported with no reference (a measured check only)
     op: str  # ">=" or "<="
     detail: str = ""
     #: False for a measurement reported against a reference (the literature tier): it flags, and
@@ -43,6 +43,8 @@ class Check:
     def __post_init__(self) -> None:
         if self.op not in (">=", "<="):
             raise ValueError(f"check {self.name!r}: op must be '>=' or '<=', got {self.op!r}")
+        if self.threshold is None and self.gates:
+            raise ValueError(f"check {self.name!r}: a gating check needs a threshold")
 
     @property
     def shown(self) -> str:
@@ -53,7 +55,13 @@ class Check:
     def passed(self) -> bool:
         if self.value is None or not math.isfinite(self.value):
             return False
+        if self.threshold is None:
+            return True
         return self.value >= self.threshold if self.op == ">=" else self.value <= self.threshold
+
+    @property
+    def needs(self) -> str:
+        return needs(self.op, self.threshold)
 
     @property
     def verdict(self) -> str:
@@ -80,10 +88,15 @@ class Certificate:
                 "checks": [{**asdict(c), "passed": c.passed, "verdict": c.verdict} for c in self.checks]}
 
     def reason(self) -> str:
-        return "; ".join(f"{c.name} = {c.shown} (needs {c.op} {c.threshold:g})" for c in self.failed())
+        return "; ".join(f"{c.name} = {c.shown} (needs {c.needs})" for c in self.failed())
 
     def rows(self) -> list[list[Any]]:
-        return [[c.name, c.shown, f"{c.op} {c.threshold:g}", c.verdict, c.detail] for c in self.checks]
+        return [[c.name, c.shown, c.needs, c.verdict, c.detail] for c in self.checks]
+
+
+def needs(op: str, threshold: float | None) -> str:
+    """What a check asks of its value, as printed (a stored check too: its JSON fields)."""
+    return "-" if threshold is None else f"{op} {threshold:g}"
 
 
 def certify(case, instance, prompts, ablator) -> Certificate:
@@ -154,7 +167,7 @@ def certify_literature(case, instance, ablator) -> Certificate:
         role = truth.nodes[node]
         lost = 1.0 - ablator.normalized(single[node])
         if role in case.necessity_exempt:
-            cert.checks.append(measured(f"effect {node}", lost, -math.inf, ">=",
+            cert.checks.append(measured(f"effect {node}", lost, None, ">=",
                                         f"{role}: share of the behaviour lost when it alone is ablated "
                                         f"(not flagged: {case.necessity_exempt[role]})"))
         elif truth.direct.get(node) == -1:

@@ -257,3 +257,33 @@ def test_display_fixes_say_what_was_measured():
                           *[{"component": f"e{i}", "role": "k", "rank": 20} for i in range(8 + s)],
                           {"component": "q0", "role": "q", "rank": 30}]}}) for s in (0, 1)]
     assert html._missed_by_role(runs) == "k: 8.5 of its 10 missed per seed; q: missed on 2 of 2 seeds"
+
+
+def test_literature_runs_and_imported_results_get_their_own_section_and_move_no_ranking(results, tmp_path):
+    """A literature-tier run (here a copy of a planted record relabelled) and an imported MIB graph
+    appear only in the literature section: the rankings are byte-identical with and without them."""
+    import json
+
+    from mibench.imported import ImportedResult, save
+    from mibench.results import load_record
+
+    records, excluded = load_records(results)
+    before = render_leaderboard(records, excluded)
+    literature = load_record(next(results.rglob("dla/ioi/*/seed0.json")))
+    literature.case, literature.case_tier = "gpt2_ioi", "literature"
+    figures = {"node": {"k": 26, "auroc": 0.886, "ap": 0.706, "precision_at_k": 0.615, "node_rule": "out",
+                        "in_graph": {"size": 79, "precision": 0.291, "recall": 0.885}}}
+    save(tmp_path, ImportedResult("eap_ig (MIB)", "hannamw/MIB-circuit-track", "ioi-eap-ig.json", "gpt2_ioi",
+                                  "literature", 0, "medium", "out", figures))
+    from mibench.imported import load
+
+    imported = load(tmp_path)
+    assert json.loads(next(tmp_path.rglob("*.json")).read_text())["source"] == "hannamw/MIB-circuit-track"
+    after = render_leaderboard([*records, literature], excluded, imported=imported)
+    rankings = lambda md: md.split("## Rankings")[1].split("## Chance levels")[0]  # noqa: E731
+    assert rankings(after) == rankings(before)
+    section = after.split("## Literature tier (GPT-2 small)")[1]
+    assert "### Case `gpt2_ioi` (literature)" in section and "eap_ig (MIB) (imported)" in section
+    assert "gpt2_ioi" not in after.split("## Literature tier")[0]
+    page = render_report([*records, literature], excluded, imported=imported)
+    assert "id='literature'" in page and "eap_ig (MIB) (imported)" in page

@@ -26,6 +26,7 @@ def main(args) -> int:
     from mibench.report.markdown import render_leaderboard, render_runtimes
     from mibench.report.summary import main_sample
     from mibench.results import load_records
+    from mibench.imported import load as load_imported
     from mibench.verification.track import load_records as load_verification
 
     records, excluded = load_records(args.results)
@@ -41,8 +42,9 @@ def main(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     md, page = out / "LEADERBOARD.md", out / "report.html"
     verification = [r for r in load_verification(args.results) if r.size == args.size]
-    md.write_text(render_leaderboard(records, excluded, verification))
-    page.write_text(render_report(records, excluded, verification))
+    imported = load_imported(args.results)  # scored from files: no model, no size
+    md.write_text(render_leaderboard(records, excluded, verification, imported))
+    page.write_text(render_report(records, excluded, verification, imported))
     (out / "RUNTIMES.md").write_text(render_runtimes(records, verification))
     figures = out / "figures"  # the per-case heat maps as files, for READMEs and papers
     figures.mkdir(exist_ok=True)
@@ -52,5 +54,6 @@ def main(args) -> int:
             (figures / f"{case}_heatmap.svg").write_text(svg)
     print(f"wrote {md}, {page}, {out / 'RUNTIMES.md'} and {figures}/ from {len(records)} {args.size} results "
           f"({len(excluded)} excluded, {other_sizes} at other sizes not shown)"
-          + (f" and {len(verification)} verification records" if verification else ""))
+          + (f" and {len(verification)} verification records" if verification else "")
+          + (f" and {len(imported)} imported results" if imported else ""))
     return 0

@@ -24,6 +24,7 @@ def main(args) -> int:
     from tabulate import tabulate
 
     from mibench.api import MibenchError
+    from mibench.certificate import needs
     from mibench.metrics import applicable, format_value
     from mibench.registry import unknown_name_error
     from mibench.results import load_record, load_records, result_path
@@ -72,7 +73,7 @@ def main(args) -> int:
     if cert:
         print(f"\nCertificate ({'pass' if cert['passed'] else 'FAIL'}"
               f"{'; measured against references, flags do not gate' if not all(c.get('gates', True) for c in cert['checks']) else ''})")
-        print(tabulate([[c["name"], "-" if c["value"] is None else f"{c['value']:.3f}", f"{c['op']} {c['threshold']:g}",
+        print(tabulate([[c["name"], "-" if c["value"] is None else f"{c['value']:.3f}", needs(c["op"], c["threshold"]),
                          c.get("verdict") or ("pass" if c["passed"] else "FAIL")] for c in cert["checks"]],
                        headers=["check", "value", "needs", ""], disable_numparse=True))
     return 0

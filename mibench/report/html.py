@@ -6,6 +6,7 @@ import html
 import re
 
 from mibench.report import figures, markdown
+from mibench.report import literature as LIT
 from mibench.report import ranking as R
 from mibench.report import summary as S
 from mibench.results import Excluded, RunRecord
@@ -128,7 +129,31 @@ def _failures(records, case: str) -> str:
                    "top false positives (same seed)"], rows)
 
 
-def render_report(records: list[RunRecord], excluded: list[Excluded], verification: list | None = None) -> str:
+def _literature(literature: list[RunRecord], imported: list) -> list[str]:
+    """The literature tier's section (see mibench.report.literature)."""
+    if not literature and not imported:
+        return []
+    parts = ["<h2 id='literature'>Literature tier (GPT-2 small)</h2>", f"<p class='note'>{_prose(LIT.NOTE)}</p>"]
+    if imported:
+        parts += ["<h3>Imported results</h3>", _table(LIT.IMPORTED_HEADERS, LIT.imported_rows(imported))]
+    for case in sorted({r.case for r in literature}):
+        parts.append(f"<h3>Case {_esc(case)} (literature)</h3>")
+        for granularity, headers, rows in markdown.case_table_rows(literature, case):
+            parts.append(f"<p class='note'>{_esc(granularity)}: "
+                         + (f"no technique ran ({_esc(rows[0][-1])})</p>" if not headers else "</p>"
+                            + _table(headers, rows)))
+    certs = markdown.certificate_rows(literature)
+    if certs:
+        parts += ["<h3>Measured certificates</h3><p class='note'>Each measurement next to the planted "
+                  "tier's threshold as a reference; <i>flag</i>: it contradicts or falls short of the "
+                  "paper's account (nothing here gates).</p>",
+                  _table(["case", "check", "reference", "worst value per seed", "all seeds"], certs)]
+    return parts
+
+
+def render_report(records: list[RunRecord], excluded: list[Excluded], verification: list | None = None,
+                  imported: list | None = None) -> str:
+    records, literature = LIT.split(records)
     every_sample = records
     records = S.main_sample(sorted(records, key=lambda r: (r.case, r.technique, r.seed)))
     cases = markdown.case_order(records)
@@ -137,6 +162,7 @@ def render_report(records: list[RunRecord], excluded: list[Excluded], verificati
              "<nav><a href='#use'>which technique</a><a href='#rankings'>rankings</a><a href='#chance'>chance</a>"
              + ("<a href='#traps'>traps</a>" if any(r.case_tier == "trap" for r in records) else "")
              + ("<a href='#verification'>verification</a>" if verification else "")
+             + ("<a href='#literature'>literature</a>" if literature or imported else "")
              + "".join(f'<a href="#case-{_esc(c)}">{_esc(c)}</a>' for c in cases) + "</nav>",
              _decision(rankings), _rankings(rankings, every_sample),
              _figure(figures.cost_quality(records), "Each point is a node-level technique on at least "
@@ -203,7 +229,8 @@ def render_report(records: list[RunRecord], excluded: list[Excluded], verificati
         parts += ["<h2>Ground-truth certificates</h2><p class='note'>Each figure next to its "
                   "threshold, measured on every seed's model.</p>",
                   _table(["case", "check", "needs", "worst value per seed", "all seeds"], styled, raw_cols={4})]
-    failed = [r for r in records if r.status in ("error", "uncertified")]
+    parts += _literature(S.main_sample(literature), imported or [])
+    failed = [r for r in S.main_sample(records + literature) if r.status in ("error", "uncertified")]
     if failed or excluded:
         parts.append("<h2>Runs not scored</h2>")
         parts.append(_table(["what", "why"], [[f"{r.technique} on {r.case} seed {r.seed}", f"{r.status}: {r.error}"]

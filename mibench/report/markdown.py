@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
+from mibench.certificate import needs
+from mibench.report import literature as LIT
 from mibench.report import ranking as R
 from mibench.report import summary as S
 from mibench.results import Excluded, RunRecord
@@ -128,9 +130,9 @@ def fooled_together_table(records: list[RunRecord], ranking: "R.GranularityRanki
         R.most_fooled_together(labels, pairs)
 
 
-def case_tables(records: list[RunRecord], case: str) -> list[str]:
-    """One table per granularity (node first), techniques sorted by mean primary score, those that
-    could not run last with the reason."""
+def case_table_rows(records: list[RunRecord], case: str) -> list[tuple[str, list[str], list[list]]]:
+    """Per granularity (node first): (granularity, headers, rows), techniques sorted by mean primary
+    score, those that could not run last with the reason; no headers where none ran."""
     from mibench.names import GRANULARITIES
 
     out = []
@@ -149,11 +151,19 @@ def case_tables(records: list[RunRecord], case: str) -> list[str]:
             ranked.append((-(primary if primary is not None else -1.0), tech,
                            [tech, len(good), *[S.fmt(S.stat(good, m.name)) for m in columns], ""]))
         rows = [row for *_, row in sorted(ranked)] + not_run
-        if not ranked:  # nothing at this granularity ran: say so once
+        headers = ["technique", "seeds", *[m.label for m in columns], "not run because"] if ranked else []
+        out.append((granularity, headers, rows))
+    return out
+
+
+def case_tables(records: list[RunRecord], case: str) -> list[str]:
+    """:func:`case_table_rows` as Markdown."""
+    out = []
+    for granularity, headers, rows in case_table_rows(records, case):
+        if not headers:  # nothing at this granularity ran: say so once
             out.append(f"*{granularity}:* no technique ran ({rows[0][-1]}).")
             continue
-        out.append(f"**{granularity} granularity** (sorted by {R.primary_metric().label})\n\n" + _table(
-            rows, ["technique", "seeds", *[m.label for m in columns], "not run because"]))
+        out.append(f"**{granularity} granularity** (sorted by {R.primary_metric().label})\n\n" + _table(rows, headers))
     return out
 
 
@@ -212,7 +222,7 @@ def certificate_rows(records: list[RunRecord]) -> list[list[str]]:
                     checked.add(f"{seed}:{name}")
                     name = "necessity"
                 entry = checks.setdefault(name, {"op": c["op"], "threshold": c["threshold"],
-                                                 "values": {}, "passed": True})
+                                                 "values": {}, "passed": True, "gates": c.get("gates", True)})
                 worse = max if c["op"] == "<=" else min
                 value = c["value"] if c["value"] is not None else float("nan")
                 old = entry["values"].get(seed)
@@ -221,9 +231,9 @@ def certificate_rows(records: list[RunRecord]) -> list[list[str]]:
         per_seed = {name.split(":", 1)[1] for name in checked if name.startswith(f"{seeds[0]}:")}
         for name, e in checks.items():
             label = _necessity_label(records, case, per_seed) if name == "necessity" else name
-            rows.append([case, label, f"{e['op']} {e['threshold']:g}",
+            rows.append([case, label, needs(e["op"], e["threshold"]),
                          ", ".join(f"{e['values'][s]:.2f}" if s in e["values"] else "-" for s in seeds),
-                         "pass" if e["passed"] else "FAIL"])
+                         ("pass" if e["passed"] else "FAIL") if e["gates"] else ("ok" if e["passed"] else "flag")])
     return rows
 
 
@@ -239,12 +249,44 @@ def case_order(records: list[RunRecord]) -> list[str]:
 
 
 def render_leaderboard(records: list[RunRecord], excluded: list[Excluded],
-                       verification: list | None = None) -> str:
-    """LEADERBOARD.md from run records and, when given, the verification track's records."""
+                       verification: list | None = None, imported: list | None = None) -> str:
+    """LEADERBOARD.md from run records and, when given, the verification track's records and
+    imported results. Literature-tier runs are shown in their own section only."""
+    records, literature = LIT.split(records)
+    out = ["# mibench leaderboard", "", f"{INTRO} {S.commits_note(records + literature)}", ""]
+    if records:
+        out += _planted_sections(records, verification)
+    out += literature_section(S.main_sample(literature), imported or [])
+    out += _failed_and_excluded(S.main_sample(records + literature), excluded)
+    return "\n".join(out)
+
+
+def literature_section(literature: list[RunRecord], imported: list) -> list[str]:
+    if not literature and not imported:
+        return []
+    out = ["## Literature tier (GPT-2 small)", "", LIT.NOTE, ""]
+    if imported:
+        out += ["### Imported results", "", _table(LIT.imported_rows(imported), LIT.IMPORTED_HEADERS), ""]
+    for case in sorted({r.case for r in literature}):
+        out += [f"### Case `{case}` (literature)", ""]
+        for table in case_tables(literature, case):
+            out += [table, ""]
+    certs = certificate_table(literature)
+    if certs:
+        out += ["### Measured certificates", "", "Each measurement next to the planted tier's threshold as "
+                "a reference; *flag* marks one that contradicts or falls short of the paper's account "
+                "(nothing here gates).", "", certs, ""]
+    if not literature:
+        out += ["No literature-tier runs in these results: they need GPT-2 weights "
+                "(`mibench run --case 'gpt2_*' --model-path DIR`).", ""]
+    return out
+
+
+def _planted_sections(records: list[RunRecord], verification: list | None) -> list[str]:
     every_sample = records
     records = S.main_sample(sorted(records, key=lambda r: (r.case, r.technique, r.seed)))
     rankings = R.rankings(records)
-    out = ["# mibench leaderboard", "", f"{INTRO} {S.commits_note(records)}", ""]
+    out = []
     out += ["## Which technique to use", ""]
     for ranking in rankings:
         lines = R.use_when(ranking)
@@ -308,6 +350,11 @@ def render_leaderboard(records: list[RunRecord], excluded: list[Excluded],
         out += ["## Ground-truth certificates", "",
                 "Measured on each seed's model through the same ablation code the scorer uses "
                 "(`mibench verify` prints them in full).", "", certs, ""]
+    return out
+
+
+def _failed_and_excluded(records: list[RunRecord], excluded: list[Excluded]) -> list[str]:
+    out = []
     errors = [r for r in records if r.status in ("error", "uncertified")]
     if errors:
         out += ["## Runs that failed", ""]
@@ -317,7 +364,7 @@ def render_leaderboard(records: list[RunRecord], excluded: list[Excluded],
         out += ["## Excluded result files", ""]
         out += [f"- `{e.path}`: {e.reason}" for e in sorted(excluded, key=lambda e: e.path)]
         out.append("")
-    return "\n".join(out)
+    return out
 
 
 def render_runtimes(records: list[RunRecord], verification: list | None = None) -> str:
