@@ -215,6 +215,12 @@ def test_paired_test_on_known_inputs():
     assert stats.holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
     assert stats.adjust([t])[0].verdict == "a better"  # alone, 0.031 < 0.05
     assert stats.adjust([t, t])[0].verdict == "not distinguishable"  # two claims: 0.0625
+    # the verdict follows the signed ranks the test detects, not the mean: b wins 19 instances by
+    # 0.01 to 0.019, a one by 1.0, so the mean favours a but the signed-rank sums favour b
+    mostly_b = stats.paired("a", {i: 1.0 if i == 0 else 0.0 for i in range(20)},
+                            "b", {i: 0.0 if i == 0 else 0.01 + i / 2000 for i in range(20)})
+    assert mostly_b.mean_difference > 0 and mostly_b.direction == -1
+    assert stats.adjust([mostly_b])[0].verdict == "b better"
 
 
 def test_committed_tables_do_not_change_when_only_runtimes_do(results):

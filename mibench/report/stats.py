@@ -41,19 +41,23 @@ class Paired:
     statistic: float  # Wilcoxon's W (the smaller signed-rank sum); nan where every difference is 0
     p: float  # two-sided; 1 where every difference is 0
     a12: float
+    #: +1 where the positive differences carry the larger signed-rank sum (the direction the
+    #: Wilcoxon test detects), −1 otherwise; it can disagree with the mean difference's sign when
+    #: many small wins face a few large losses
+    direction: int = 0
     p_holm: float = math.nan  # set by :func:`adjust` once the table's family is known
 
     @property
     def verdict(self) -> str:
         if not self.p_holm < ALPHA:
             return "not distinguishable"
-        return f"{self.a} better" if self.mean_difference > 0 else f"{self.b} better"
+        return f"{self.a} better" if self.direction > 0 else f"{self.b} better"
 
 
 def paired(a: str, a_values: dict, b: str, b_values: dict, higher_is_better: bool = True) -> Paired:
     """Compare ``a`` with ``b`` on the keys (instances) both have a value for. With
     ``higher_is_better`` False the values are negated first, so "better" keeps its meaning."""
-    from scipy.stats import wilcoxon
+    from scipy.stats import rankdata, wilcoxon
 
     keys = sorted(set(a_values) & set(b_values))
     sign = 1.0 if higher_is_better else -1.0
@@ -62,13 +66,16 @@ def paired(a: str, a_values: dict, b: str, b_values: dict, higher_is_better: boo
     if not keys:
         return Paired(a, b, 0, math.nan, math.nan, math.nan, math.nan)
     diff = x - y
+    nonzero = diff[diff != 0]
+    ranks = rankdata(np.abs(nonzero))
+    direction = int(np.sign(ranks[nonzero > 0].sum() - ranks[nonzero < 0].sum()))
     if np.all(diff == 0):  # the test is undefined; nothing tells the two apart
         statistic, p = math.nan, 1.0
     else:
         # zero differences dropped (Wilcoxon's own treatment); exact p for small samples without ties
         result = wilcoxon(x, y, zero_method="wilcox", alternative="two-sided")
         statistic, p = float(result.statistic), float(result.pvalue)
-    return Paired(a, b, len(keys), float(diff.mean()), statistic, p, a12(list(x), list(y)))
+    return Paired(a, b, len(keys), float(diff.mean()), statistic, p, a12(list(x), list(y)), direction)
 
 
 def adjust(tests: list[Paired]) -> list[Paired]:
