@@ -44,8 +44,9 @@ class CheckSkipped(Exception):
 
 @lru_cache(maxsize=8)
 def _check_unit(granularity: str):
-    """The unit a check runs on: the smallest case (by parameters) with truth at ``granularity``
-    whose model has every component kind (heads and MLPs, so neurons too), with its components.
+    """The unit a check runs on: the smallest case the suite builds (by parameters) with truth at
+    ``granularity`` whose model has every component kind (heads and MLPs, so neurons too), with its
+    components.
 
     Granularities are read from each case class itself rather than from the listing cache."""
     from mibench.registry import case_entries, load_case
@@ -53,7 +54,9 @@ def _check_unit(granularity: str):
     from mibench.sandbox import UnitFiles
 
     candidates = []
-    for name in sorted(case_entries()):
+    for name, entry in sorted(case_entries().items()):
+        if entry.meta["tier"] == "literature":  # needs weights the user brings
+            continue
         case = load_case(name)
         if granularity in case.granularities:
             model = case.build(0).model

@@ -83,9 +83,10 @@ def test_audit_fails_a_case_built_the_old_way():
     assert by_name["ov_norm"].n_truth == 12 and by_name["ov_norm"].n_other == 36
 
 
-@pytest.mark.parametrize("case_name", sorted(case_entries()))
+@pytest.mark.parametrize("case_name", sorted(name for name, entry in case_entries().items()
+                                              if entry.meta["tier"] != "literature"))
 def test_every_case_passes_the_audit_at_small(case_name):
-    """Every registered case hides its circuit among look-alike channels: no task-agnostic statistic
+    """Every case the suite builds (the literature tier's labels are papers', not planted) hides its circuit among look-alike channels: no task-agnostic statistic
     finds it (seeds 0-19 pooled, as `mibench verify` does; `medium` and `large` are audited there,
     too slow for the default test run)."""
     result = audit(load_case(case_name), range(20), "small")
