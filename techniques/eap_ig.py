@@ -41,8 +41,14 @@ class EAPIG(Technique):
             point = e_corr + (k / m) * (e_clean - e_corr)
             run = gradients.forward(model, prompts.clean, view.metric, resid_input=point)
             grads = gradients.input_gradients(model, run)
-            mean_grad = grads if mean_grad is None else {d: mean_grad[d] + g for d, g in grads.items()}
-        mean_grad = {d: g / m for d, g in mean_grad.items()}
+            if mean_grad is None:
+                mean_grad = grads
+            else:  # in place: one set of gradients is gigabytes on GPT-2 small
+                for d, g in grads.items():
+                    mean_grad[d] += g
+            del run, grads
+        for g in mean_grad.values():
+            g /= m
         bridge.release_graph(model, prompts.clean)
         scores = gradients.edge_scores(view.shape, delta, mean_grad)
         return make_scores({c: scores[c] for c in view.components()})

@@ -45,7 +45,8 @@ class IntegratedGradients(Technique):
         def layer_attribution(hook: str) -> torch.Tensor:
             lig = LayerIntegratedGradients(per_prompt_metric, bridge.hook_module(model, hook))
             attr = lig.attribute(prompts.clean, baselines=prompts.corrupted,
-                                 additional_forward_args=(torch.arange(n),), n_steps=self.n_steps)
+                                 additional_forward_args=(torch.arange(n),), n_steps=self.n_steps,
+                                 internal_batch_size=n)  # one step's prompts per pass, not all 16
             return attr.detach().sum(dim=(0, 1)) / n  # [features], prompt mean, positions summed
 
         scores = {}

@@ -161,15 +161,23 @@ def node_scores(model, clean: Capture, corrupted: Capture) -> dict[str, float]:
     return scores
 
 
+#: entries of the flattened (prompt, position, d_model) axis per slice of :func:`edge_scores`
+EDGE_SLICE = 1 << 16
+
+
 def edge_scores(shape: names.Shape, delta_writes: dict[str, torch.Tensor],
                 grads_in: dict[str, torch.Tensor]) -> dict[str, float]:
     """EAP: (write_clean − write_corrupted)(src) · ∂metric/∂input(dst) for every edge of the graph."""
     sources = list(delta_writes)
     dests = list(grads_in)
-    with torch.no_grad():
-        d = torch.stack([delta_writes[s].reshape(-1) for s in sources])
-        g = torch.stack([grads_in[t].reshape(-1) for t in dests])
-        table = (d.double() @ g.double().T)
+    size = delta_writes[sources[0]].numel()
+    table = torch.zeros(len(sources), len(dests), dtype=torch.float64)
+    with torch.no_grad():  # in slices of the (prompt, position, d_model) axis: GPT-2 small's
+        for start in range(0, size, EDGE_SLICE):  # full tables would take gigabytes in float64
+            piece = slice(start, start + EDGE_SLICE)
+            d = torch.stack([delta_writes[s].reshape(-1)[piece] for s in sources]).double()
+            g = torch.stack([grads_in[t].reshape(-1)[piece] for t in dests]).double()
+            table += d @ g.T
     src_i = {s: i for i, s in enumerate(sources)}
     dst_i = {t: i for i, t in enumerate(dests)}
     scores = {}
