@@ -37,8 +37,7 @@ class AttributionPatching(Technique):
         clean = gradients.forward(model, prompts.clean, view.metric)
         corrupted = gradients.forward(model, prompts.corrupted)  # no-grad run last: see release_graph
         if view.granularity == "edge":
-            clean_w, corrupted_w = gradients.writes(model, clean), gradients.writes(model, corrupted)
-            delta = {src: clean_w[src] - corrupted_w[src] for src in clean_w}
+            delta = gradients.write_differences(model, clean, corrupted)
             scores = gradients.edge_scores(view.shape, delta, gradients.input_gradients(model, clean))
         else:
             scores = gradients.node_scores(model, clean, corrupted)

@@ -33,20 +33,15 @@ class EAPIG(Technique):
         model, prompts, m = view.model, view.prompts, self.steps
         clean = gradients.forward(model, prompts.clean)
         corrupted = gradients.forward(model, prompts.corrupted)
-        clean_w, corrupted_w = gradients.writes(model, clean), gradients.writes(model, corrupted)
-        delta = {src: clean_w[src] - corrupted_w[src] for src in clean_w}
+        delta = gradients.write_differences(model, clean, corrupted)
         e_clean, e_corr = clean.acts[gradients.RESID_INPUT], corrupted.acts[gradients.RESID_INPUT]
+        del clean, corrupted  # their other activations are a gigabyte on GPT-2 small
         mean_grad = None
         for k in range(m):
             point = e_corr + (k / m) * (e_clean - e_corr)
             run = gradients.forward(model, prompts.clean, view.metric, resid_input=point)
-            grads = gradients.input_gradients(model, run)
-            if mean_grad is None:
-                mean_grad = grads
-            else:  # in place: one set of gradients is gigabytes on GPT-2 small
-                for d, g in grads.items():
-                    mean_grad[d] += g
-            del run, grads
+            mean_grad = gradients.input_gradients(model, run, into=mean_grad)  # summed in place
+            del run
         for g in mean_grad.values():
             g /= m
         bridge.release_graph(model, prompts.clean)
