@@ -145,7 +145,8 @@ def _error_text(exc: BaseException, memory_bytes: int | None) -> str:
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, MemoryError) or "can't allocate memory" in str(exc):
         limit = f" of {memory_bytes / 2**30:g} GiB" if memory_bytes else ""
-        return f"ran out of memory: it exceeded the run's memory limit{limit} ({text.splitlines()[0]})"
+        return (f"ran out of memory: it exceeded the run's memory limit{limit} ({text.splitlines()[0]}); "
+                f"raise it with --memory-limit GIB")
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     if where and not isinstance(exc, MibenchError):
         text += f" (at {Path(where.filename).name}:{where.lineno})"
