@@ -126,8 +126,9 @@ def writes(model, cap: Capture) -> dict[str, torch.Tensor]:
 
 
 def write_differences(model, clean: Capture, corrupted: Capture) -> dict[str, torch.Tensor]:
-    """:func:`writes` on the clean run minus on the corrupted run, per source, computed in place
-    (the two full sets together are 1 GB on GPT-2 small)."""
+    """:func:`writes` on the clean run minus on the corrupted run, per source; each clean write is
+    replaced by its difference as it is made, so no third full set is held (one is 0.5 GB on
+    GPT-2 small)."""
     delta = writes(model, clean)
     for src, corrupted_write in writes(model, corrupted).items():
         delta[src] = delta[src] - corrupted_write  # not -=: a write may be a view of captured acts
