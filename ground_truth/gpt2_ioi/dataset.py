@@ -29,6 +29,7 @@ from collections import Counter
 from typing import Any
 
 from mibench.api import MibenchError, PromptSet, prompt_rng
+from mibench.literature import LiteratureCase
 
 #: Wang et al.'s 15 templates with the subject first (``[B]`` = S, ``[A]`` = IO); the final ``[A]``
 #: is the answer, not part of the prompt.
@@ -221,3 +222,16 @@ def to_prompt_set(dataset) -> PromptSet:
                      positions={label: column(label) for label in ("IO", "S1", "S2", "END")},
                      variables={"order": torch.tensor([ORDERS.index(o) for o in dataset["order"]])},
                      split=str(dataset.split))
+
+
+class IOIPromptCase(LiteratureCase):
+    """A literature case on the IOI prompts (``gpt2_ioi`` and ``gpt2_copy_suppression``): ABBA and
+    BABA templates, ABC corruption (three fresh names) as Wang et al., metric logit(IO) − logit(S)
+    at END. Nameless, so the registry does not list it."""
+
+    def dataset(self, n: int, seed: int, split: str = "test", sample: int = 0):
+        """The prompts as a Hugging Face ``datasets.Dataset`` (text, token ids, positions, template)."""
+        return build_ioi_dataset(self.tokenizer(), n, seed, split, sample)
+
+    def prompts(self, n: int, seed: int, split: str = "test", sample: int = 0) -> PromptSet:
+        return to_prompt_set(self.dataset(n, seed, split, sample))
