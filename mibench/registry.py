@@ -333,6 +333,16 @@ def technique_entries(extra_folders: Iterable[Path] = ()) -> dict[str, Entry]:
     return entries
 
 
+
+def scores_signed(label: str) -> bool:
+    """Whether the technique behind a run label (``name`` or ``name@granularity``) scores signed
+    effects, which scoring ranks by magnitude; an adapter that is no longer registered is taken as
+    signed, the safer reading."""
+    from mibench.api import split_label
+
+    entry = technique_entries().get(split_label(label)[0])
+    return bool(entry.meta.get("signed", True)) if entry else True
+
 def _entry_point_entry(entry_point: importlib_metadata.EntryPoint, cache: MetadataCache) -> Entry:
     # One key per environment: another virtualenv may have another version of the package.
     key = f"entry point {entry_point.name} = {entry_point.value} in {sys.prefix}"

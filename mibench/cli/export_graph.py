@@ -34,7 +34,7 @@ def main(args) -> int:
 
     from mibench import names
     from mibench.api import MibenchError
-    from mibench.cli.report import _signed
+    from mibench.registry import scores_signed
     from mibench.mib import magnitude_ranked, write_graph, write_node_graph
 
     record = load_run(args)
@@ -48,7 +48,7 @@ def main(args) -> int:
                            f"{record.granularity}-granularity run")
     top_n = args.top_n or len(record.truth_labels) or FALLBACK_TOP_N
     # MIB's readers rank by |score|; these values rank the components as scoring ranked them
-    values = magnitude_ranked(pd.Series(record.scores, dtype="float64"), _signed(record.technique))
+    values = magnitude_ranked(pd.Series(record.scores, dtype="float64"), scores_signed(record.technique))
     writers[record.granularity](args.out, values, names.Shape(**record.shape),
                                 model_width(record.case, record.seed, record.size), top_n)
     why = "--top-n" if args.top_n else (f"k, the truth's {record.granularity} count" if record.truth_labels

@@ -51,7 +51,9 @@ def main(args) -> int:
         print("  " + ", ".join(shown)
               + f"   k = {metrics['k']}, runtime {record.runtime_s:.2f}s, "
                 f"passes {record.forward_passes:g} fwd + {record.backward_passes:g} bwd")
-        signed = _signed(record.technique)
+        from mibench.registry import scores_signed
+
+        signed = scores_signed(record.technique)
         # the order scoring ranked by: magnitude for signed effects, the score itself otherwise
         ranked = sorted(record.scores.items(), key=lambda kv: -abs(kv[1]) if signed else -kv[1])
         rows = [[i + 1, name, f"{value:+.4f}", truth.get(name, ""), "◀ truth" if name in truth else ""]
@@ -79,11 +81,3 @@ def main(args) -> int:
     return 0
 
 
-def _signed(label: str) -> bool:
-    """Whether the technique behind a run label scores signed effects (scoring then ranks by
-    magnitude); an adapter that is no longer registered is taken as signed, the safer reading."""
-    from mibench.api import split_label
-    from mibench.registry import technique_entries
-
-    entry = technique_entries().get(split_label(label)[0])
-    return bool(entry.meta.get("signed", True)) if entry else True

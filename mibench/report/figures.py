@@ -59,12 +59,6 @@ def _registered() -> dict[str, bool]:
     return {name: bool(entry.meta.get("signed", True)) for name, entry in technique_entries().items()}
 
 
-def _signed(label: str, registered: dict[str, bool]) -> bool:
-    """As scoring reads it; a technique that is no longer registered is taken as signed, as
-    ``mibench report`` does."""
-    return registered.get(split_label(label)[0], True)
-
-
 def technique_colours(labels: Iterable[str]) -> dict[str, str]:
     """Label → colour, the one place figures get a technique's colour, so it is the same in every
     figure whatever subset the figure shows. Every label of a technique (``name`` and
@@ -270,8 +264,9 @@ def rank_plots(records: list[RunRecord], case: str) -> str | None:
     chosen: dict[str, RunRecord] = {}
     for r in sorted((r for r in runs if r.seed == seed), key=lambda r: (r.technique, r.prompt_sample)):
         chosen.setdefault(r.technique, r)  # the lowest prompt sample: the main tables' run
-    registered = _registered()
-    panels = [rank_panel(r, _signed(r.technique, registered)) for r in chosen.values()]
+    from mibench.registry import scores_signed
+
+    panels = [rank_panel(r, scores_signed(r.technique)) for r in chosen.values()]
     groups: dict[str, list[RankPanel]] = {}
     for panel in sorted(panels, key=lambda p: (_granularity_order(p.granularity), p.granularity, p.technique)):
         groups.setdefault(panel.granularity, []).append(panel)
